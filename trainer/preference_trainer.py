@@ -1,0 +1,179 @@
+"""A thin `transformers.Trainer` for paired (dpo) and unpaired (kto) preference losses.
+
+The Trainer keeps what it does well (gradient accumulation, DDP/DeepSpeed, checkpoints, schedulers);
+this subclass overrides only `compute_loss`, `prediction_step` and `log`. The loss itself comes from
+`trainer.losses` through its registry: no loss names are compared here.
+
+Metrics are stored per step as (sum, count) pairs all-reduced across workers, so every logged mean is
+over all workers' examples (a per-worker accuracy of 0 or 1 is a known bug elsewhere).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+from torch import Tensor, nn
+from transformers import Trainer
+
+from trainer.logps import SequenceLogps, sequence_logps
+from trainer.losses import LossSpec, sft_loss
+from trainer.models import Reference
+
+# config key -> loss keyword, for the hparams a registry entry declares
+LOSS_KWARG_SOURCES = {
+    "beta": "pref_beta",
+    "label_smoothing": "dpo_label_smoothing",
+    "simpo_gamma": "simpo_gamma",
+    "desirable_weight": "kto_chosen_weight",
+    "undesirable_weight": "kto_rejected_weight",
+}
+
+
+def loss_kwargs(spec: LossSpec, finetuning) -> dict[str, float]:
+    return {name: getattr(finetuning, LOSS_KWARG_SOURCES[name]) for name in spec.hparams}
+
+
+class PreferenceTrainer(Trainer):
+    def __init__(
+        self,
+        *args,
+        loss: LossSpec,
+        loss_kwargs: dict[str, float],
+        reference: Reference,
+        pref_ftx: float = 0.0,
+        logps_chunk_size: int | None = 1024,
+        **kwargs,
+    ):
+        super().__init__(*args, **kwargs)
+        self.loss = loss
+        self.loss_kwargs = loss_kwargs
+        self.reference = reference
+        self.pref_ftx = pref_ftx
+        self.logps_chunk_size = logps_chunk_size
+        # compute_loss returns a per-batch mean: the Trainer divides it by the accumulation steps.
+        self.loss_is_scaled_for_ga = False
+        self._stored: dict[str, dict[str, Tensor]] = {"train": defaultdict(float), "eval": defaultdict(float)}
+        if reference.model is not None:
+            reference.model.to(self.args.device)
+
+    # ---- forward passes -------------------------------------------------------------------------
+
+    def _logps(self, model: nn.Module, input_ids: Tensor, attention_mask: Tensor, labels: Tensor) -> SequenceLogps:
+        """(N, L) token ids -> per-sequence log-probs of the response tokens, shape (N,)."""
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+        return sequence_logps(logits, labels, chunk_size=self.logps_chunk_size)
+
+    @torch.no_grad()
+    def _reference_logps(self, model: nn.Module, input_ids, attention_mask, labels) -> SequenceLogps:
+        with self.reference.forward_model(self.accelerator.unwrap_model(model)) as ref:
+            return self._logps(ref, input_ids, attention_mask, labels)
+
+    def _reduced(self, logps: SequenceLogps) -> Tensor:
+        return logps.mean if self.loss.averages_logps else logps.sum
+
+    # ---- losses ---------------------------------------------------------------------------------
+
+    def paired_loss(self, model: nn.Module, inputs: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """Batch of 2B rows (chosen block, then rejected block) -> scalar loss and metric (sum, count)s."""
+        batch = (inputs["input_ids"], inputs["attention_mask"], inputs["labels"])
+        policy = self._logps(model, *batch)
+        policy_values = self._reduced(policy)
+        chosen, rejected = policy_values.chunk(2)
+        ref_chosen = ref_rejected = None
+        if self.loss.needs_reference:
+            ref_chosen, ref_rejected = self._reduced(self._reference_logps(model, *batch)).chunk(2)
+        out = self.loss.fn(chosen, rejected, ref_chosen, ref_rejected, **self.loss_kwargs)
+        loss = out.losses.mean()
+        if self.pref_ftx > 0:
+            loss = loss + self.pref_ftx * sft_loss(policy.mean.chunk(2)[0]).mean()
+        mean_logits_chosen, mean_logits_rejected = policy.mean_logits.chunk(2)
+        metrics = {
+            "rewards/chosen": out.chosen_rewards,
+            "rewards/rejected": out.rejected_rewards,
+            "rewards/accuracies": (out.chosen_rewards > out.rejected_rewards).float(),
+            "rewards/margins": out.chosen_rewards - out.rejected_rewards,
+            "logps/chosen": chosen.detach(),
+            "logps/rejected": rejected.detach(),
+            "logits/chosen": mean_logits_chosen,
+            "logits/rejected": mean_logits_rejected,
+            **{name: value.detach() for name, value in out.extras.items()},
+        }
+        return loss, metrics
+
+    def kto_loss(self, model: nn.Module, inputs: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """Unpaired batch: N completions with kto_tags, plus N mismatched (prompt, completion) KL rows."""
+        batch = (inputs["input_ids"], inputs["attention_mask"], inputs["labels"])
+        kl_batch = (inputs["kl_input_ids"], inputs["kl_attention_mask"], inputs["kl_labels"])
+        tags = inputs["kto_tags"].bool()
+        policy = self._logps(model, *batch)
+        with torch.no_grad():  # the KL estimate is a baseline, not a gradient path (as in TRL)
+            policy_kl = self._logps(model, *kl_batch).sum
+        reference = self._reference_logps(model, *batch).sum
+        reference_kl = self._reference_logps(model, *kl_batch).sum
+
+        def reduce_kl(kl: Tensor) -> Tensor:
+            return self.accelerator.reduce(kl.detach().clone(), reduction="mean")
+
+        out = self.loss.fn(policy.sum, reference, tags, policy_kl, reference_kl, **self.loss_kwargs, kl_reduce=reduce_kl)
+        loss = out.losses.mean()
+        if self.pref_ftx > 0 and tags.any():
+            loss = loss + self.pref_ftx * sft_loss(policy.mean[tags]).mean()
+        correct = torch.cat([(out.chosen_rewards > 0).float(), (out.rejected_rewards < 0).float()])
+        metrics = {
+            "rewards/chosen": out.chosen_rewards,
+            "rewards/rejected": out.rejected_rewards,
+            # unpaired: an example counts as right when its implicit reward has the sign of its label
+            "rewards/accuracies": correct,
+            "logps/chosen": policy.sum[tags].detach(),
+            "logps/rejected": policy.sum[~tags].detach(),
+            "logits/chosen": policy.mean_logits[tags],
+            "logits/rejected": policy.mean_logits[~tags],
+            "kl": out.extras["kl"].reshape(1),
+        }
+        return loss, metrics
+
+    def _loss_and_metrics(self, model, inputs) -> tuple[Tensor, dict[str, Tensor]]:
+        if self.loss.stage == "kto":
+            return self.kto_loss(model, inputs)
+        return self.paired_loss(model, inputs)
+
+    # ---- Trainer hooks --------------------------------------------------------------------------
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, metrics = self._loss_and_metrics(model, inputs)
+        self._store(metrics, "train")
+        return (loss, metrics) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss, metrics = self._loss_and_metrics(model, inputs)
+        self._store(metrics, "eval")
+        return loss.detach(), None, None
+
+    def _store(self, metrics: dict[str, Tensor], split: str) -> None:
+        """All-reduce (sum, count) of every metric across workers in one collective."""
+        names = sorted(metrics)
+        device = next(iter(metrics.values())).device
+        packed = torch.tensor(
+            [v for name in names for v in (metrics[name].float().sum().item(), metrics[name].numel())],
+            dtype=torch.float64,
+            device=device,
+        )
+        packed = self.accelerator.reduce(packed, reduction="sum")
+        stored = self._stored[split]
+        for i, name in enumerate(names):
+            stored[name + "/sum"] += packed[2 * i].item()
+            stored[name + "/count"] += packed[2 * i + 1].item()
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        split = "eval" if any(key.startswith("eval_") for key in logs) else "train"
+        prefix = "eval_" if split == "eval" else ""
+        stored = self._stored[split]
+        for key in [k[: -len("/sum")] for k in stored if k.endswith("/sum")]:
+            count = stored[key + "/count"]
+            if count > 0:
+                logs[prefix + key] = stored[key + "/sum"] / count
+        stored.clear()
+        super().log(logs, start_time)

@@ -1,0 +1,105 @@
+"""One preference run, start to finish, inside one process (or one Ray Train worker).
+
+YAML -> validated config -> dataset -> collator -> trainer -> callbacks -> output dir. Callbacks are
+how the outside world (Ray reports, MLflow) listens; this module imports neither.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transformers import TrainerCallback, set_seed
+
+from trainer.config import RESOLVED_CONFIG_NAME, TrainConfig, resolve_resume
+from trainer.data import load_preference_data, make_collator
+from trainer.losses import get_loss
+from trainer.models import build_reference, compute_dtype, load_policy, load_tokenizer
+from trainer.plotting import plot_curves
+from trainer.preference_trainer import PreferenceTrainer, loss_kwargs
+
+logger = logging.getLogger("prefsweep")
+
+
+@dataclass
+class RunResult:
+    output_dir: Path
+    metrics: dict[str, float] = field(default_factory=dict)
+    log_history: list[dict] = field(default_factory=list)
+    dataset_fingerprint: str = ""
+    skipped_rows: dict[str, int] = field(default_factory=dict)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write via a temp file and rename, so a killed run leaves the previous good file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+def build_trainer(cfg: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> tuple[PreferenceTrainer, dict]:
+    """Everything up to a ready Trainer; returns it and facts about the data (fingerprint, skips)."""
+    args = cfg.training_arguments()
+    set_seed(args.seed)
+    spec = get_loss(cfg.loss_name)
+    tokenizer = load_tokenizer(cfg.model)
+    with args.main_process_first(desc="tokenizing the preference data"):
+        data = load_preference_data(
+            cfg.data, tokenizer, stage=cfg.finetuning.stage, seed=args.seed, do_train=args.do_train
+        )
+    dtype = compute_dtype(cfg.training)
+    policy = load_policy(cfg.model, cfg.finetuning, dtype)
+    reference = build_reference(cfg.model, cfg.finetuning, policy, needs_reference=spec.needs_reference, dtype=dtype)
+    trainer = PreferenceTrainer(
+        model=policy,
+        args=args,
+        train_dataset=data.train,
+        eval_dataset=data.eval,
+        data_collator=make_collator(tokenizer, stage=cfg.finetuning.stage),
+        processing_class=tokenizer,
+        callbacks=list(callbacks),
+        loss=spec,
+        loss_kwargs=loss_kwargs(spec, cfg.finetuning),
+        reference=reference,
+        pref_ftx=cfg.finetuning.pref_ftx,
+        logps_chunk_size=cfg.finetuning.logps_chunk_size,
+    )
+    return trainer, {"fingerprint": data.fingerprint, "skipped": dict(data.skipped)}
+
+
+def run_training(cfg: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> RunResult:
+    """Train and/or evaluate as the config says; rank 0 writes the output dir."""
+    trainer, facts = build_trainer(cfg, callbacks)
+    args = trainer.args
+    output_dir = Path(args.output_dir)
+    result = RunResult(output_dir=output_dir, dataset_fingerprint=facts["fingerprint"], skipped_rows=facts["skipped"])
+    if trainer.is_world_process_zero():
+        write_atomic(output_dir / RESOLVED_CONFIG_NAME, cfg.to_yaml())
+    if args.do_train:
+        train_output = trainer.train(resume_from_checkpoint=resolve_resume(cfg))
+        trainer.save_model()
+        trainer.log_metrics("train", train_output.metrics)
+        trainer.save_metrics("train", train_output.metrics)
+        trainer.save_state()
+        result.metrics.update(train_output.metrics)
+    if args.do_eval and trainer.eval_dataset is not None:
+        eval_metrics = trainer.evaluate(metric_key_prefix="eval")
+        trainer.log_metrics("eval", eval_metrics)
+        trainer.save_metrics("eval", eval_metrics)
+        result.metrics.update(eval_metrics)
+        if args.do_train:
+            trainer.save_state()  # the final evaluation joins log_history
+    result.log_history = list(trainer.state.log_history)
+    if trainer.is_world_process_zero():
+        if cfg.finetuning.plot_loss:
+            plot_curves(result.log_history, output_dir)
+        if facts["skipped"]:
+            logger.warning("skipped rows: %s", json.dumps(facts["skipped"]))
+    return result
