@@ -1,0 +1,159 @@
+"""A sweep's trials ranked by the sweep metric, as CSV, Markdown and terminal text.
+
+Ranking follows Ray Tune: `mode="max"` puts the largest value first, `mode="min"` the smallest;
+`scope="last"` (Tune's default) ranks by each trial's final value, `scope="best"` by its best value.
+Trials without a value rank last, in name order, as do ties.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass, field, replace
+
+MODES = ("max", "min")
+SCOPES = ("last", "best")
+
+
+@dataclass
+class TrialSummary:
+    trial: str
+    """Tune's trial name; also the child run's name."""
+    loss: str
+    beta: float
+    gamma: float | None
+    """`simpo_gamma`; None for losses that do not use it."""
+    ftx: float
+    """`pref_ftx`, the weight of the SFT term."""
+    final: float | None
+    """Last reported value of the sweep metric."""
+    best: float | None
+    """Best reported value of the sweep metric under the sweep's mode."""
+    run_id: str | None = None
+    config: dict = field(default_factory=dict)
+    """The trial's resolved training config (what `best_config.yaml` holds for the winner)."""
+    curve: list[tuple[int, float]] = field(default_factory=list)
+    """(step, value) of the sweep metric."""
+
+
+def _finite(value: float | None) -> float | None:
+    return float(value) if value is not None and math.isfinite(value) else None
+
+
+def _check(mode: str, scope: str = "last") -> None:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
+
+
+def complete(
+    trial: TrialSummary, *, run_id: str | None, curve: list[tuple[int, float]], mode: str
+) -> TrialSummary:
+    """Fill a missing run id, curve, final or best value (the latter two from the curve)."""
+    _check(mode)
+    points = sorted((int(s), float(v)) for s, v in curve if _finite(v) is not None)
+    final, best = _finite(trial.final), _finite(trial.best)
+    if points:
+        final = points[-1][1] if final is None else final
+        values = [v for _, v in points]
+        best = (max(values) if mode == "max" else min(values)) if best is None else best
+    return replace(trial, run_id=trial.run_id or run_id, curve=points, final=final, best=best)
+
+
+def score(trial: TrialSummary, scope: str = "last") -> float | None:
+    return _finite(trial.final if scope == "last" else trial.best)
+
+
+def rank(trials: list[TrialSummary], *, mode: str, scope: str = "last") -> list[TrialSummary]:
+    """Best first; trials with no value last; ties and valueless trials in trial-name order."""
+    _check(mode, scope)
+    sign = -1.0 if mode == "max" else 1.0
+
+    def key(t: TrialSummary):
+        value = score(t, scope)
+        return (value is None, sign * value if value is not None else 0.0, t.trial)
+
+    return sorted(trials, key=key)
+
+
+COLUMNS = ("rank", "trial", "loss", "beta", "gamma", "ftx", "final", "best", "run_id")
+
+
+def _fmt(value, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}" if math.isfinite(value) else "-"
+    return str(value)
+
+
+def _rows(ranked: list[TrialSummary]) -> list[list[str]]:
+    return [
+        [
+            str(i),
+            t.trial,
+            t.loss,
+            f"{t.beta:g}",
+            "-" if t.gamma is None else f"{t.gamma:g}",
+            f"{t.ftx:g}",
+            _fmt(t.final),
+            _fmt(t.best),
+            t.run_id or "-",
+        ]
+        for i, t in enumerate(ranked, start=1)
+    ]
+
+
+def _header(metric: str) -> list[str]:
+    return [c if c not in ("final", "best") else f"{c} {metric}" for c in COLUMNS]
+
+
+def to_csv(ranked: list[TrialSummary], metric: str) -> str:
+    """Machine-readable: full precision, empty cells for missing values."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(_header(metric))
+    for i, t in enumerate(ranked, start=1):
+        writer.writerow(
+            [
+                i,
+                t.trial,
+                t.loss,
+                t.beta,
+                "" if t.gamma is None else t.gamma,
+                t.ftx,
+                "" if t.final is None else t.final,
+                "" if t.best is None else t.best,
+                t.run_id or "",
+            ]
+        )
+    return buf.getvalue()
+
+
+def to_markdown(ranked: list[TrialSummary], metric: str, *, mode: str, scope: str = "last") -> str:
+    lines = [
+        f"# Leaderboard: `{metric}` ({mode}, ranked by {scope} value)",
+        "",
+        "| " + " | ".join(_header(metric)) + " |",
+        "|" + "---|" * len(COLUMNS),
+    ]
+    lines += ["| " + " | ".join(row) + " |" for row in _rows(ranked)]
+    return "\n".join(lines) + "\n"
+
+
+def to_text(ranked: list[TrialSummary], metric: str, *, mode: str, scope: str = "last") -> str:
+    """Aligned columns for the terminal; the metric is named in the title, run ids are left to the CSV."""
+    header = list(COLUMNS[:-1])
+    rows = [row[:-1] for row in _rows(ranked)]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    numeric = {0, 3, 4, 5, 6, 7}
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(
+            c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))
+        )
+
+    title = f"Leaderboard: {metric} ({mode}, ranked by {scope} value), {len(ranked)} trials"
+    return "\n".join([title, line(header), line(["-" * w for w in widths]), *map(line, rows)]).rstrip() + "\n"

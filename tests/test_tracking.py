@@ -1,0 +1,433 @@
+"""MLflow recording against a real SQLite store: a trial's run is driven through the Hugging Face callback
+hooks with a real `TrainerState`, then read back with `MlflowClient`.
+
+What a user relies on: every logged number is in MLflow at its step, secrets never reach the store, the
+PNG curves open as images, trials hang under their sweep's parent run, and the parent's leaderboard and
+`best_config.yaml` name the right winner.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import pickle
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+from PIL import Image
+from transformers import TrainerControl, TrainerState, TrainingArguments
+
+from rayjobs import tracking
+from rayjobs.tracking import MlflowLoggingCallback, TrialSummary
+from trainer.plotting import plot_curves
+
+SECRET = "hf_q8Zr2LmN5vXc7TyW3pKd9sJf4HbG6aE1"
+EXPECTED_PNGS = {"training_loss.png", "training_rewards_accuracies.png", "training_eval_loss.png"}
+
+
+def make_config(loss: str = "sigmoid", beta: float = 0.1, **extra) -> dict:
+    return {
+        "model_name_or_path": "models/tiny-llama",
+        "stage": "dpo",
+        "pref_loss": loss,
+        "pref_beta": beta,
+        "pref_ftx": 0.0,
+        "learning_rate": 5.0e-5,
+        "max_new_tokens": 64,
+        "pad_token": "<pad>",
+        "hub_token": SECRET,
+        "report_to": ["none"],
+        "ray": {"num_workers": 2, "use_gpu": False, "resources_per_worker": {"CPU": 1}},
+        **extra,
+    }
+
+
+def log_sequence(accuracies: list[float], eval_every: int = 2) -> list[tuple[int, dict]]:
+    """(global_step, logs) as the Trainer emits them: train logs each step, eval logs every `eval_every`."""
+    seq = []
+    for step, acc in enumerate(accuracies, start=1):
+        seq.append(
+            (
+                step,
+                {
+                    "loss": 0.7 - 0.05 * step,
+                    "learning_rate": 5e-5,
+                    "grad_norm": 1.5,
+                    "rewards/chosen": 0.01 * step,
+                    "rewards/accuracies": acc,
+                    "epoch": step / len(accuracies),
+                },
+            )
+        )
+        if step % eval_every == 0:
+            seq.append((step, {"eval_loss": 0.69 - 0.01 * step, "eval_rewards/accuracies": acc}))
+    return seq
+
+
+def run_trial(
+    output_dir: Path,
+    *,
+    experiment_id: str,
+    run_name: str,
+    config: dict,
+    accuracies: list[float],
+    parent_run_id: str | None = None,
+    rank: int = 0,
+    finalize: bool = True,
+    **kwargs,
+) -> MlflowLoggingCallback:
+    """Drive the callback as `Trainer.train()` does, with the files the trainer writes before finalize."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    callback = MlflowLoggingCallback(
+        tracking_uri=tracking.tracking_uri(),
+        experiment_id=experiment_id,
+        run_name=run_name,
+        parent_run_id=parent_run_id,
+        config=config,
+        **kwargs,
+    )
+    args = TrainingArguments(output_dir=str(output_dir), report_to="none")
+    state, control = TrainerState(is_world_process_zero=rank == 0), TrainerControl()
+    callback.on_train_begin(args, state, control)
+    history = []
+    for step, logs in log_sequence(accuracies):
+        state.global_step = step
+        callback.on_log(args, state, control, logs=dict(logs))
+        history.append({**logs, "step": step})
+    callback.on_train_end(args, state, control)
+    if rank == 0:  # only rank 0's trainer writes files
+        plot_curves(history, output_dir)
+        (output_dir / "trainer_state.json").write_text(
+            json.dumps({"log_history": history, "global_step": step})
+        )
+        (output_dir / "resolved_config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    if finalize:
+        callback.finalize_run(output_dir, dataset_fingerprint="fp-1234")
+    return callback
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    """A fresh SQLite store in tmp; cwd moved there so nothing lands in the repository."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "prefsweep-test")
+    return MlflowClient(tracking.tracking_uri())
+
+
+def download_text(client: MlflowClient, run_id: str, path: str, dst: Path) -> str:
+    return Path(client.download_artifacts(run_id, path, str(dst))).read_text()
+
+
+def artifact_names(client: MlflowClient, run_id: str, path: str | None = None) -> set[str]:
+    return {Path(f.path).name for f in client.list_artifacts(run_id, path)}
+
+
+# ------------------------------------------------------------------------------------- store & params
+
+
+def test_default_uri_is_absolute_sqlite_in_cwd(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    assert tracking.tracking_uri() == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    assert tracking.experiment_name() == "prefsweep"
+    assert tracking.ui_command() == f"mlflow ui --backend-store-uri sqlite:///{tmp_path.resolve()}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///sub/x.db")  # relative: made absolute for workers
+    assert tracking.tracking_uri() == f"sqlite:///{tmp_path.resolve()}/sub/x.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert tracking.tracking_uri() == "http://127.0.0.1:5000"
+    assert tracking.ui_command() == "open http://127.0.0.1:5000"
+
+
+def test_ensure_experiment_tags_kind_once_and_fixes_existing(store, tmp_path):
+    exp_id = tracking.ensure_experiment()
+    experiment = store.get_experiment(exp_id)
+    assert experiment.name == "prefsweep-test"
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert experiment.artifact_location == str((tmp_path / "mlruns").resolve())  # next to the db
+    assert tracking.ensure_experiment() == exp_id
+
+    legacy = store.create_experiment("made-elsewhere")
+    assert "mlflow.experimentKind" not in store.get_experiment(legacy).tags
+    assert tracking.ensure_experiment("made-elsewhere") == legacy
+    assert store.get_experiment(legacy).tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_flatten_params_nests_stringifies_truncates_and_redacts():
+    config = make_config(
+        long_value="x" * 7000,
+        db_uri="postgresql://alice:pw-42@db.internal/mlflow",
+        credentials={"user": "alice", "pass": "pw-43"},
+        note=f"pushed with {SECRET}",
+        empty={},
+    )
+    params = tracking.flatten_params(config)
+    assert params["ray.num_workers"] == "2"
+    assert params["ray.resources_per_worker.CPU"] == "1"
+    assert params["ray.use_gpu"] == "False"
+    assert params["pref_beta"] == "0.1"
+    assert params["report_to"] == "['none']"
+    assert params["empty"] == "{}"
+    assert len(params["long_value"]) == 6000  # MLflow's MAX_PARAM_VAL_LENGTH
+    # secrets by key name, by a whole secret subtree, inside URLs and inline hub tokens
+    assert params["hub_token"] == "***"
+    assert params["credentials"] == "***"
+    assert params["db_uri"] == "postgresql://alice:***@db.internal/mlflow"
+    assert params["note"] == "pushed with ***"
+    assert not any(s in v for v in params.values() for s in (SECRET, "pw-42", "pw-43"))
+    # look-alikes that are not secrets stay readable
+    assert params["max_new_tokens"] == "64"
+    assert params["pad_token"] == "<pad>"
+
+
+@pytest.mark.parametrize(
+    ("key", "secret"),
+    [
+        ("hub_token", True),
+        ("HF_TOKEN", True),
+        ("api_key", True),
+        ("aws_secret_access_key", True),
+        ("dbPassword", True),
+        ("max_new_tokens", False),
+        ("tokenizer_name", False),
+        ("eos_token", False),
+        ("keyboard", False),
+    ],
+)
+def test_secret_key_names(key, secret):
+    assert tracking.is_secret_key(key) is secret
+
+
+# ------------------------------------------------------------------------------------------- one run
+
+
+def test_single_run_records_params_metrics_artifacts_and_tags(store, tmp_path):
+    exp_id = tracking.ensure_experiment()
+    config = make_config("ipo", 0.5)
+    accuracies = [0.25, 0.5, 0.5, 0.75]
+    callback = run_trial(
+        tmp_path / "out",
+        experiment_id=exp_id,
+        run_name="single",
+        config=config,
+        accuracies=accuracies,
+        tags={"team": "prefs"},
+    )
+    run = store.get_run(callback.run_id)
+
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "single"
+    assert "mlflow.parentRunId" not in run.data.tags  # a plain `prefsweep train` run
+    assert run.data.tags["prefsweep.kind"] == "run"
+    assert run.data.tags["prefsweep.loss"] == "ipo"
+    assert run.data.tags["prefsweep.dataset_fingerprint"] == "fp-1234"
+    assert run.data.tags["team"] == "prefs"
+    assert (
+        run.data.tags.get("mlflow.source.git.commit") == tracking.git_commit()
+    )  # None outside a git checkout
+    assert run.data.params["pref_loss"] == "ipo"
+    assert run.data.params["pref_beta"] == "0.5"
+    assert run.data.params["ray.num_workers"] == "2"
+    assert run.data.params["hub_token"] == "***"
+    assert SECRET not in json.dumps(run.data.params)
+
+    history = store.get_metric_history(callback.run_id, "rewards/accuracies")
+    assert [(m.step, m.value) for m in history] == list(enumerate(accuracies, start=1))
+    eval_history = store.get_metric_history(callback.run_id, "eval_rewards/accuracies")
+    assert [(m.step, m.value) for m in eval_history] == [(2, 0.5), (4, 0.75)]
+    losses = store.get_metric_history(callback.run_id, "loss")
+    for m in losses:
+        assert m.value == pytest.approx(0.7 - 0.05 * m.step)
+    assert {"learning_rate", "grad_norm", "rewards/chosen", "epoch", "eval_loss"} <= set(run.data.metrics)
+
+    names = artifact_names(store, callback.run_id)
+    assert EXPECTED_PNGS | {"resolved_config.yaml", "trainer_state.json"} <= names
+    assert "model" not in names  # log_model defaults to off
+    for png in EXPECTED_PNGS:
+        with Image.open(store.download_artifacts(callback.run_id, png, str(tmp_path))) as image:
+            image.verify()
+            assert image.format == "PNG" and image.size[0] > 100
+    resolved = download_text(store, callback.run_id, "resolved_config.yaml", tmp_path)
+    assert SECRET not in resolved
+    assert yaml.safe_load(resolved) == {**config, "hub_token": "***"}
+    state = json.loads(download_text(store, callback.run_id, "trainer_state.json", tmp_path))
+    assert [e["rewards/accuracies"] for e in state["log_history"] if "rewards/accuracies" in e] == accuracies
+
+
+def test_only_finite_numbers_are_logged(store, tmp_path):
+    exp_id = tracking.ensure_experiment()
+    callback = MlflowLoggingCallback(
+        tracking_uri=tracking.tracking_uri(), experiment_id=exp_id, run_name="odd", config=make_config()
+    )
+    args, state, control = TrainingArguments(output_dir=str(tmp_path)), TrainerState(), TrainerControl()
+    callback.on_train_begin(args, state, control)
+    state.global_step = 3
+    logs = {"loss": 0.5, "grad_norm": math.nan, "x": math.inf, "flag": True, "msg": "hi", "n": 7}
+    callback.on_log(args, state, control, logs=logs)
+    callback.finalize_run(tmp_path)  # an output dir with no files: config is still recorded
+    run = store.get_run(callback.run_id)
+    assert run.data.metrics == {"loss": 0.5, "n": 7.0}
+    assert artifact_names(store, callback.run_id) == {"resolved_config.yaml"}
+
+
+def test_log_model_uploads_weights_not_checkpoints(store, tmp_path):
+    exp_id = tracking.ensure_experiment()
+    out = tmp_path / "out"
+    (out / "checkpoint-2").mkdir(parents=True)
+    (out / "checkpoint-2" / "adapter_model.safetensors").write_bytes(b"old")
+    (out / "adapter_model.safetensors").write_bytes(b"\x00weights")
+    (out / "adapter_config.json").write_text("{}")
+    (out / "tokenizer.json").write_text("{}")
+    callback = run_trial(
+        out,
+        experiment_id=exp_id,
+        run_name="with-model",
+        config=make_config(),
+        accuracies=[0.5, 1.0],
+        log_model=True,
+    )
+    assert artifact_names(store, callback.run_id, "model") == {
+        "adapter_model.safetensors",
+        "adapter_config.json",
+        "tokenizer.json",
+    }
+    assert "trainer_state.json" not in artifact_names(store, callback.run_id, "model")
+
+
+def test_other_ranks_log_nothing_and_the_callback_pickles(store, tmp_path):
+    exp_id = tracking.ensure_experiment()
+    callback = run_trial(
+        tmp_path / "rank1",
+        experiment_id=exp_id,
+        run_name="r1",
+        config=make_config(),
+        accuracies=[0.5],
+        rank=1,
+    )
+    assert callback.run_id is None
+    assert store.search_runs([exp_id]) == []
+
+    fresh = pickle.loads(pickle.dumps(callback))  # what Ray does to ship it to a worker
+    assert fresh.run_name == "r1" and fresh.config == make_config()
+    started = run_trial(
+        tmp_path / "r0",
+        experiment_id=exp_id,
+        run_name="r0",
+        config=make_config(),
+        accuracies=[0.5],
+        finalize=False,
+    )
+    assert pickle.loads(pickle.dumps(started)).run_id == started.run_id  # picklable mid-run too
+    started.finalize_run(tmp_path / "r0", status="FAILED")
+    assert store.get_run(started.run_id).info.status == "FAILED"
+
+
+# -------------------------------------------------------------------------------------------- sweeps
+
+SPEC = {
+    "base": "configs/dpo_tiny.yaml",
+    "metric": "eval_rewards/accuracies",
+    "mode": "max",
+    "search_space": {"pref_loss": {"grid": ["sigmoid", "ipo", "simpo"]}, "pref_beta": {"grid": [0.1, 0.5]}},
+    "overrides": {"hub_token": SECRET},
+}
+METRIC = "eval_rewards/accuracies"
+
+
+def test_sweep_parent_children_leaderboard_and_best_config(store, tmp_path):
+    exp_id = tracking.ensure_experiment()
+    parent = tracking.start_sweep_parent(
+        SPEC, "sweeps/demo.yaml", experiment_id=exp_id, run_name="demo-sweep"
+    )
+    # eval_rewards/accuracies is logged at steps 2 and 4: (acc[1], acc[3]) -> final = acc[3], best = max
+    plan = {
+        "t0_sigmoid_b0.1": (make_config("sigmoid", 0.1), [0.25, 0.5, 0.5, 0.5]),  # final 0.5, best 0.5
+        "t1_ipo_b0.5": (make_config("ipo", 0.5), [0.5, 1.0, 0.75, 0.75]),  # final 0.75, best 1.0
+        "t2_simpo_b0.5": (
+            make_config("simpo", 0.5, simpo_gamma=0.3),
+            [0.5, 0.25, 1.0, 0.25],
+        ),  # 0.25, best 0.25
+    }
+    runs = {}
+    for name, (config, accuracies) in plan.items():
+        cb = run_trial(
+            tmp_path / name,
+            experiment_id=exp_id,
+            run_name=name,
+            parent_run_id=parent,
+            config=config,
+            accuracies=accuracies,
+            finalize=name != "t2_simpo_b0.5",  # stopped early by the scheduler: never finalized
+        )
+        runs[name] = cb.run_id
+    # The driver knows final/best from Tune for two trials; the third is completed from MLflow.
+    trials = [
+        TrialSummary("t0_sigmoid_b0.1", "sigmoid", 0.1, None, 0.0, 0.5, 0.5, runs["t0_sigmoid_b0.1"],
+                     plan["t0_sigmoid_b0.1"][0], [(2, 0.5), (4, 0.5)]),
+        TrialSummary("t1_ipo_b0.5", "ipo", 0.5, None, 0.0, 0.75, 1.0, runs["t1_ipo_b0.5"],
+                     plan["t1_ipo_b0.5"][0], [(2, 1.0), (4, 0.75)]),
+        TrialSummary("t2_simpo_b0.5", "simpo", 0.5, 0.3, 0.0, None, None, None, plan["t2_simpo_b0.5"][0], []),
+    ]  # fmt: skip
+    text = tracking.finish_sweep_parent(parent, trials, metric=METRIC, mode="max")
+
+    parent_run = store.get_run(parent)
+    assert parent_run.info.status == "FINISHED"
+    assert "mlflow.parentRunId" not in parent_run.data.tags
+    assert parent_run.data.tags["prefsweep.kind"] == "sweep"
+    assert parent_run.data.tags["prefsweep.best_trial"] == "t1_ipo_b0.5"
+    assert parent_run.data.params["search_space.pref_beta.grid"] == "[0.1, 0.5]"
+    assert parent_run.data.params["overrides.hub_token"] == "***"
+    assert parent_run.data.metrics[f"best/{METRIC}"] == 0.75
+    children = store.search_runs([exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'")
+    assert {c.info.run_name: c.info.run_id for c in children} == runs
+    statuses = {c.info.run_name: c.info.status for c in children}
+    assert statuses == {"t0_sigmoid_b0.1": "FINISHED", "t1_ipo_b0.5": "FINISHED", "t2_simpo_b0.5": "KILLED"}
+    assert {c.info.run_name: c.data.tags["prefsweep.loss"] for c in children} == {
+        "t0_sigmoid_b0.1": "sigmoid",
+        "t1_ipo_b0.5": "ipo",
+        "t2_simpo_b0.5": "simpo",
+    }
+
+    # ranked by final value, max first: ipo 0.75 > sigmoid 0.5 > simpo 0.25 (simpo's from MLflow history)
+    expected = ["t1_ipo_b0.5", "t0_sigmoid_b0.1", "t2_simpo_b0.5"]
+    rows = list(csv.DictReader(io.StringIO(download_text(store, parent, "leaderboard.csv", tmp_path))))
+    assert [r["trial"] for r in rows] == expected
+    assert [float(r[f"final {METRIC}"]) for r in rows] == [0.75, 0.5, 0.25]
+    assert [float(r[f"best {METRIC}"]) for r in rows] == [1.0, 0.5, 0.25]
+    assert rows[2]["gamma"] == "0.3" and rows[2]["run_id"] == runs["t2_simpo_b0.5"]
+    markdown = download_text(store, parent, "leaderboard.md", tmp_path)
+    assert [line.split("|")[2].strip() for line in markdown.splitlines() if line.startswith("| ")][
+        1:
+    ] == expected
+    assert [line.split()[1] for line in text.splitlines()[3:]] == expected
+    assert text.splitlines()[0].startswith(f"Leaderboard: {METRIC} (max")
+
+    best = yaml.safe_load(download_text(store, parent, "best_config.yaml", tmp_path))
+    assert best == {**plan["t1_ipo_b0.5"][0], "hub_token": "***"}
+    spec = yaml.safe_load(download_text(store, parent, "sweep_spec.yaml", tmp_path))
+    assert spec == {**SPEC, "overrides": {"hub_token": "***"}}
+    for png in ("metric_vs_beta.png", "metric_curves.png"):
+        with Image.open(store.download_artifacts(parent, png, str(tmp_path))) as image:
+            image.verify()
+            assert image.format == "PNG"
+
+
+def test_a_restarted_trial_reuses_its_child_run(store, tmp_path):
+    exp_id = tracking.ensure_experiment()
+    parent = tracking.start_sweep_parent(SPEC, None, experiment_id=exp_id, run_name="restarts")
+    first = run_trial(
+        tmp_path / "a", experiment_id=exp_id, run_name="t0", parent_run_id=parent, config=make_config(),
+        accuracies=[0.5, 0.5], finalize=False,
+    )  # fmt: skip
+    second = run_trial(
+        tmp_path / "a", experiment_id=exp_id, run_name="t0", parent_run_id=parent, config=make_config(),
+        accuracies=[0.5, 0.5, 1.0, 1.0],
+    )  # fmt: skip
+    assert second.run_id == first.run_id
+    assert len(store.search_runs([exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'")) == 1
+    assert store.get_run(first.run_id).info.status == "FINISHED"
