@@ -1,0 +1,77 @@
+"""Preference data: `dataset_info.json` datasets -> tokenized pairwise (dpo) or unpaired (kto) sets + collators.
+
+    data = load_preference_data(cfg.data, tokenizer, stage="dpo", seed=training_args.seed)
+    collator = make_collator(tokenizer, stage="dpo")
+
+`load_preference_data` edits `tokenizer` in place for the chosen template, as LLaMA-Factory does (eos /
+pad / stop words): save that tokenizer with the model. Token ids equal LLaMA-Factory 0.9.5's for the same
+tokenizer, data and config. Modules: `reading` (files), `conversion` (alpaca / sharegpt rows, bad-row
+reasons), `sources` (one dataset, skip report), `templates`, `encoding` (ids, labels, truncation),
+`pipeline` (merge, split, tokenize, cache), `collator`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import datasets
+
+    from trainer.data.collator import KTOCollator, PairwiseCollator
+
+
+@dataclass
+class PreferenceData:
+    train: datasets.Dataset | None
+    """Tokenized training set (None when do_train is false)."""
+    eval: datasets.Dataset | None
+    """Tokenized evaluation set: eval_dataset, or the val_size split; None without either."""
+    skipped: dict[str, int]
+    """Skipped rows per reason (`conversion.REASONS`), over all datasets, train and eval."""
+    fingerprint: str
+    """sha256 of the train and eval token columns: equal data gives an equal fingerprint."""
+
+
+def load_preference_data(
+    data_args: Any,
+    tokenizer: Any,
+    *,
+    stage: str,
+    seed: int,
+    do_train: bool = True,
+    cache_dir: str | Path | None = None,
+) -> PreferenceData:
+    """Load, convert, split and tokenize the datasets of `data_args` (a `config.DataArguments`).
+
+    stage "dpo" takes `ranking: true` datasets and yields chosen_/rejected_ input_ids, attention_mask,
+    labels; stage "kto" takes datasets with a `kto_tag` column and yields input_ids, attention_mask,
+    labels, their `kl_` counterparts and kto_tags. `seed` seeds the val_size split (the training seed).
+    `cache_dir` holds the tokenized cache (default: the `datasets` cache, under `prefsweep/`).
+    Raises ConfigError for datasets the stage cannot use, DataError for unusable data.
+    """
+    from trainer.data.pipeline import build, tokenized_fingerprint
+
+    train, eval_, skipped = build(
+        data_args, tokenizer, stage=stage, seed=seed, do_train=do_train, cache_dir=cache_dir
+    )
+    return PreferenceData(
+        train=train, eval=eval_, skipped=skipped, fingerprint=tokenized_fingerprint(train, eval_)
+    )
+
+
+def make_collator(tokenizer: Any, *, stage: str) -> PairwiseCollator | KTOCollator:
+    """The batch collator of `stage`: pairwise (chosen block, then rejected block) for dpo, KTO for kto."""
+    from trainer.data.collator import KTOCollator, PairwiseCollator
+
+    if stage == "dpo":
+        return PairwiseCollator(tokenizer, pad_to_multiple_of=8)
+    if stage == "kto":
+        return KTOCollator(tokenizer, pad_to_multiple_of=8)
+    from trainer.errors import ConfigError
+
+    raise ConfigError(f"stage {stage!r} has no preference collator; use dpo or kto")
+
+
+__all__ = ["PreferenceData", "load_preference_data", "make_collator"]
