@@ -1,0 +1,138 @@
+"""A sweep recorded over HTTP: the test starts a real `mlflow server` on 127.0.0.1 (SQLite backend, proxied
+artifact store in tmp), logs a parent and two trials through it exactly as against the SQLite default, checks
+them through the server and in the server's own backend and artifact folder, and stops the server."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+from PIL import Image
+
+from rayjobs import tracking
+from rayjobs.tracking import TrialSummary
+from tests.test_tracking import EXPECTED_PNGS, METRIC, SPEC, artifact_names, make_config, run_trial
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """(url, backend db path, artifacts folder) of a server that lives for one test."""
+    port, db, artifacts = free_port(), tmp_path / "server.db", tmp_path / "server-artifacts"
+    log = (tmp_path / "server.log").open("w")
+    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+           "--backend-store-uri", f"sqlite:///{db}", "--artifacts-destination", str(artifacts)]  # fmt: skip
+    # No job-runner processes: they are not needed to log runs and outlive the server on SIGTERM.
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(
+                    f"mlflow server exited with {proc.returncode}:\n{(tmp_path / 'server.log').read_text()}"
+                )
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"mlflow server not healthy in 90 s:\n{(tmp_path / 'server.log').read_text()}")
+            time.sleep(0.25)
+        yield url, db, artifacts
+    finally:
+        proc.terminate()  # the CLI forwards SIGTERM to its uvicorn child and waits for it
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        try:  # anything left in the session this test started
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        log.close()
+
+
+def test_sweep_over_http_lands_in_the_server_store(mlflow_server, tmp_path, monkeypatch):
+    url, db, artifacts = mlflow_server
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "prefsweep-http")
+    assert tracking.tracking_uri() == url and tracking.ui_command() == f"open {url}"
+
+    exp_id = tracking.ensure_experiment()
+    parent = tracking.start_sweep_parent(SPEC, None, experiment_id=exp_id, run_name="http-sweep")
+    plan = {  # eval accuracies at steps 2, 4: sigmoid (0.5, 0.5) -> final 0.5; hinge (0.75, 1.0) -> final 1.0
+        "t0_sigmoid": (make_config("sigmoid", 0.1), [0.25, 0.5, 0.5, 0.5]),
+        "t1_hinge": (make_config("hinge", 0.3), [0.5, 0.75, 1.0, 1.0]),
+    }
+    trials = []
+    for name, (config, accuracies) in plan.items():
+        cb = run_trial(
+            tmp_path / name, experiment_id=exp_id, run_name=name, parent_run_id=parent, config=config,
+            accuracies=accuracies,
+        )  # fmt: skip
+        trials.append(TrialSummary(name, config["pref_loss"], config["pref_beta"], None, 0.0, None, None, cb.run_id,
+                                   config, []))  # fmt: skip
+    text = tracking.finish_sweep_parent(parent, trials, metric=METRIC, mode="max")
+    assert [line.split()[1] for line in text.splitlines()[3:]] == ["t1_hinge", "t0_sigmoid"]
+
+    client = MlflowClient(url)
+    experiment = client.get_experiment(exp_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert experiment.artifact_location.startswith("mlflow-artifacts:")  # uploads go through the server
+    children = client.search_runs([exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'")
+    assert sorted(c.info.run_name for c in children) == ["t0_sigmoid", "t1_hinge"]
+    for child in children:
+        config, accuracies = plan[child.info.run_name]
+        assert child.info.status == "FINISHED"
+        assert child.data.params["pref_loss"] == config["pref_loss"]
+        assert child.data.params["pref_beta"] == str(config["pref_beta"])
+        assert child.data.params["hub_token"] == "***"
+        history = client.get_metric_history(child.info.run_id, "rewards/accuracies")
+        assert [(m.step, m.value) for m in history] == list(enumerate(accuracies, start=1))
+        assert EXPECTED_PNGS <= artifact_names(client, child.info.run_id)
+        with Image.open(
+            client.download_artifacts(child.info.run_id, "training_loss.png", str(tmp_path))
+        ) as image:
+            image.verify()
+
+    leaderboard_csv = Path(client.download_artifacts(parent, "leaderboard.csv", str(tmp_path))).read_text()
+    assert [r["trial"] for r in csv.DictReader(io.StringIO(leaderboard_csv))] == ["t1_hinge", "t0_sigmoid"]
+    best = yaml.safe_load(
+        Path(client.download_artifacts(parent, "best_config.yaml", str(tmp_path))).read_text()
+    )
+    assert best == {**plan["t1_hinge"][0], "hub_token": "***"}
+
+    # The server really holds it: its own backend and its artifact folder, read without HTTP.
+    backend = MlflowClient(f"sqlite:///{db}")
+    assert backend.get_run(parent).data.tags["prefsweep.best_trial"] == "t1_hinge"
+    stored = {p.name for p in artifacts.rglob("*") if p.is_file()}
+    assert {
+        "leaderboard.csv",
+        "leaderboard.md",
+        "metric_vs_beta.png",
+        "best_config.yaml",
+    } | EXPECTED_PNGS <= stored
