@@ -118,7 +118,9 @@ def convert_record(record: Any, attr: DatasetAttr) -> dict[str, Any]:
 def _alpaca(record: dict[str, Any], attr: DatasetAttr) -> dict[str, Any]:
     prompt: list[dict[str, str]] = []
     history = record.get(attr.history) if attr.history else None
-    if history is not None and not _is_nan(history):
+    if history is not None:
+        if _is_nan(history):
+            raise BadRow(NAN, f"{attr.history} is NaN")
         if not isinstance(history, list):
             raise BadRow(WRONG_TYPE, f"{attr.history} must be a list of [prompt, response] pairs")
         for n, turn in enumerate(history):
@@ -159,8 +161,10 @@ def _alpaca(record: dict[str, Any], attr: DatasetAttr) -> dict[str, Any]:
 def _sharegpt(record: dict[str, Any], attr: DatasetAttr) -> dict[str, Any]:
     column = attr.messages
     messages = record.get(column)
-    if messages is None or _is_nan(messages):
+    if messages is None:
         raise BadRow(MISSING_PROMPT, f"{column} is missing")
+    if _is_nan(messages):
+        raise BadRow(NAN, f"{column} is NaN")
     if not isinstance(messages, list):
         raise BadRow(WRONG_TYPE, f"{column} must be a list of messages, got {type(messages).__name__}")
     for n, message in enumerate(messages):
@@ -196,8 +200,10 @@ def _sharegpt(record: dict[str, Any], attr: DatasetAttr) -> dict[str, Any]:
             ("rejected", attr.rejected, MISSING_REJECTED),
         ):
             value = record.get(col)
-            if value is None or _is_nan(value):
+            if value is None:
                 raise BadRow(missing, f"{col} is missing")
+            if _is_nan(value):
+                raise BadRow(NAN, f"{col} is NaN")
             if not isinstance(value, dict):
                 raise BadRow(
                     WRONG_TYPE, f"sharegpt {col} must be a message object, got {type(value).__name__}"
