@@ -41,7 +41,7 @@ def _finite(value: float | None) -> float | None:
     return float(value) if value is not None and math.isfinite(value) else None
 
 
-def _check(mode: str, scope: str = "last") -> None:
+def check_mode(mode: str, scope: str = "last") -> None:
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if scope not in SCOPES:
@@ -52,7 +52,7 @@ def complete(
     trial: TrialSummary, *, run_id: str | None, curve: list[tuple[int, float]], mode: str
 ) -> TrialSummary:
     """Fill a missing run id, curve, final or best value (the latter two from the curve)."""
-    _check(mode)
+    check_mode(mode)
     points = sorted((int(s), float(v)) for s, v in curve if _finite(v) is not None)
     final, best = _finite(trial.final), _finite(trial.best)
     if points:
@@ -68,7 +68,7 @@ def score(trial: TrialSummary, scope: str = "last") -> float | None:
 
 def rank(trials: list[TrialSummary], *, mode: str, scope: str = "last") -> list[TrialSummary]:
     """Best first; trials with no value last; ties and valueless trials in trial-name order."""
-    _check(mode, scope)
+    check_mode(mode, scope)
     sign = -1.0 if mode == "max" else 1.0
 
     def key(t: TrialSummary):

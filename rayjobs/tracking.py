@@ -271,8 +271,8 @@ class MlflowLoggingCallback(TrainerCallback):
     """Records one training run in MLflow from inside the Hugging Face Trainer, on rank 0 only.
 
     `on_train_begin` creates the run (a child of `parent_run_id` when given; an existing child of that
-    name is reused, so a restarted trial keeps one run) or attaches to `run_id`, and logs params and
-    tags; `on_log` logs every finite number at `state.global_step`; `finalize_run`, called after the
+    name is reused, so a restarted trial keeps one run) or attaches to `run_id` (or to the run that
+    `ensure_run()` made on the driver), and logs params and tags; `on_log` logs every finite number at `state.global_step`; `finalize_run`, called after the
     trainer wrote its files, uploads plots, config and state and ends the run. The object is picklable
     until `on_train_begin` and after (the client is not pickled).
     """
@@ -303,9 +303,23 @@ class MlflowLoggingCallback(TrainerCallback):
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_client": None}
 
+    def ensure_run(self) -> str:
+        """Create (or find) the run now, log params and tags, and return its id.
+
+        Optional; call it on the driver before handing the callback to Ray Train: workers then attach
+        to this run, so a restarted worker group (`max_failures`) keeps one run instead of opening a
+        second, and the driver can still end the run (`finalize_run(status="FAILED")`) if no worker
+        ever started. Without it, rank 0's `on_train_begin` does the same.
+        """
+        if self._client is None:
+            self._open()
+        return self.run_id
+
     def on_train_begin(self, args, state, control, **kwargs):
-        if not state.is_world_process_zero or self._client is not None:
-            return
+        if state.is_world_process_zero and self._client is None:
+            self._open()
+
+    def _open(self) -> None:
         self._client = MlflowClient(self.tracking_uri)
         tags = {**run_context_tags(), TAG_TRIAL: self.run_name, **self._default_tags(), **self.tags}
         if self.run_id is None and self.parent_run_id is not None:
@@ -429,6 +443,21 @@ def start_sweep_parent(spec: dict, spec_path: str | None, *, experiment_id: str,
     return run_id
 
 
+def _child_runs(client: MlflowClient, parent_run_id: str) -> list:
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    runs, token = [], None
+    while True:
+        page = client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}'",
+            page_token=token,
+        )
+        runs += list(page)
+        token = page.token
+        if not token:
+            return runs
+
+
 def finish_sweep_parent(
     parent_run_id: str,
     trials: list[TrialSummary],
@@ -446,14 +475,9 @@ def finish_sweep_parent(
     gets the metric's history from MLflow. Children still RUNNING (stopped by a scheduler, or their
     workers died) are marked KILLED.
     """
+    leaderboard.check_mode(mode, scope)
     client = MlflowClient(tracking_uri())
-    children = {
-        r.info.run_name: r
-        for r in client.search_runs(
-            [client.get_run(parent_run_id).info.experiment_id],
-            filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}'",
-        )
-    }
+    children = {r.info.run_name: r for r in _child_runs(client, parent_run_id)}
     filled = []
     for t in trials:
         run = children.get(t.trial)

@@ -110,12 +110,21 @@ def run_trial(
     return callback
 
 
+@pytest.fixture(scope="module")
+def db_dir(tmp_path_factory) -> Path:
+    """One SQLite store per module: creating and migrating a fresh database takes seconds."""
+    path = tmp_path_factory.mktemp("store")
+    MlflowClient(f"sqlite:///{path}/mlflow.db").search_experiments()
+    return path
+
+
 @pytest.fixture
-def store(tmp_path, monkeypatch):
-    """A fresh SQLite store in tmp; cwd moved there so nothing lands in the repository."""
+def store(db_dir, tmp_path, monkeypatch, request):
+    """The module's store with an experiment name of this test's own; cwd moved to tmp so nothing lands
+    in the repository."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "prefsweep-test")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db_dir}/mlflow.db")
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", f"prefsweep-{request.node.name}")
     return MlflowClient(tracking.tracking_uri())
 
 
@@ -144,12 +153,12 @@ def test_default_uri_is_absolute_sqlite_in_cwd(tmp_path, monkeypatch):
     assert tracking.ui_command() == "open http://127.0.0.1:5000"
 
 
-def test_ensure_experiment_tags_kind_once_and_fixes_existing(store, tmp_path):
+def test_ensure_experiment_tags_kind_once_and_fixes_existing(store, db_dir):
     exp_id = tracking.ensure_experiment()
     experiment = store.get_experiment(exp_id)
-    assert experiment.name == "prefsweep-test"
+    assert experiment.name == "prefsweep-test_ensure_experiment_tags_kind_once_and_fixes_existing"
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
-    assert experiment.artifact_location == str((tmp_path / "mlruns").resolve())  # next to the db
+    assert experiment.artifact_location == str((db_dir / "mlruns").resolve())  # next to the db, not the cwd
     assert tracking.ensure_experiment() == exp_id
 
     legacy = store.create_experiment("made-elsewhere")
@@ -431,3 +440,29 @@ def test_a_restarted_trial_reuses_its_child_run(store, tmp_path):
     assert second.run_id == first.run_id
     assert len(store.search_runs([exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'")) == 1
     assert store.get_run(first.run_id).info.status == "FINISHED"
+
+
+def test_a_run_created_on_the_driver_survives_a_worker_restart(store, tmp_path):
+    """`prefsweep train` through Ray: the driver creates the run, each worker group gets a pickled copy;
+    the first group dies mid-run (no finalize), the restarted one attaches to the same run and ends it."""
+    exp_id = tracking.ensure_experiment()
+    driver = MlflowLoggingCallback(
+        tracking_uri=tracking.tracking_uri(), experiment_id=exp_id, run_name="plain", config=make_config()
+    )
+    run_id = driver.ensure_run()
+    shipped = pickle.dumps(driver)
+    args, control = TrainingArguments(output_dir=str(tmp_path)), TrainerControl()
+    for attempt, steps in enumerate([(1, 2), (1, 2, 3)]):
+        worker = pickle.loads(shipped)
+        state = TrainerState()
+        worker.on_train_begin(args, state, control)
+        assert worker.run_id == run_id
+        for step in steps:
+            state.global_step = step
+            worker.on_log(args, state, control, logs={"rewards/accuracies": 0.5 * attempt})
+    worker.finalize_run(tmp_path)
+    assert [r.info.run_id for r in store.search_runs([exp_id])] == [run_id]
+    run = store.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.params["pref_loss"] == "sigmoid"
+    history = store.get_metric_history(run_id, "rewards/accuracies")
+    assert sorted((m.step, m.value) for m in history)[-1] == (3, 0.5)
