@@ -101,12 +101,13 @@ def experiment_name() -> str:
     return os.environ.get("MLFLOW_EXPERIMENT_NAME", "").strip() or DEFAULT_EXPERIMENT_NAME
 
 
-def _local_artifact_root(uri: str) -> str | None:
-    """Artifacts of a SQLite store live next to the database file (`mlruns/`), not under the cwd."""
+def _local_artifact_location(uri: str, name: str) -> str | None:
+    """A SQLite store's artifacts live next to the database file (`mlruns/<experiment>/<run id>/`), not
+    under whichever working directory first opened it (MLflow's default)."""
     if uri.startswith("sqlite:///"):
         db = uri[len("sqlite:///") :]
         if db.startswith("/"):
-            return str(Path(db).parent / "mlruns")
+            return str(Path(db).parent / "mlruns" / (re.sub(r"[^\w.-]", "_", name).lstrip(".") or "_"))
     return None  # servers choose their own artifact store (`--artifacts-destination`)
 
 
@@ -124,7 +125,9 @@ def ensure_experiment(name: str | None = None) -> str:
     if experiment is None:
         try:
             return client.create_experiment(
-                name, artifact_location=_local_artifact_root(uri), tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+                name,
+                artifact_location=_local_artifact_location(uri, name),
+                tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
             )
         except MlflowException as err:  # another driver created it a moment ago
             experiment = client.get_experiment_by_name(name)

@@ -158,7 +158,8 @@ def test_ensure_experiment_tags_kind_once_and_fixes_existing(store, db_dir):
     experiment = store.get_experiment(exp_id)
     assert experiment.name == "prefsweep-test_ensure_experiment_tags_kind_once_and_fixes_existing"
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
-    assert experiment.artifact_location == str((db_dir / "mlruns").resolve())  # next to the db, not the cwd
+    # next to the db, not under the cwd; one folder per experiment
+    assert experiment.artifact_location == str(db_dir.resolve() / "mlruns" / experiment.name)
     assert tracking.ensure_experiment() == exp_id
 
     legacy = store.create_experiment("made-elsewhere")
@@ -215,7 +216,7 @@ def test_secret_key_names(key, secret):
 # ------------------------------------------------------------------------------------------- one run
 
 
-def test_single_run_records_params_metrics_artifacts_and_tags(store, tmp_path):
+def test_single_run_records_params_metrics_artifacts_and_tags(store, db_dir, tmp_path):
     exp_id = tracking.ensure_experiment()
     config = make_config("ipo", 0.5)
     accuracies = [0.25, 0.5, 0.5, 0.75]
@@ -254,6 +255,8 @@ def test_single_run_records_params_metrics_artifacts_and_tags(store, tmp_path):
         assert m.value == pytest.approx(0.7 - 0.05 * m.step)
     assert {"learning_rate", "grad_norm", "rewards/chosen", "epoch", "eval_loss"} <= set(run.data.metrics)
 
+    artifacts = db_dir / "mlruns" / tracking.experiment_name() / callback.run_id / "artifacts"
+    assert (artifacts / "training_loss.png").is_file()  # absolute: a worker in another cwd writes here
     names = artifact_names(store, callback.run_id)
     assert EXPECTED_PNGS | {"resolved_config.yaml", "trainer_state.json"} <= names
     assert "model" not in names  # log_model defaults to off
