@@ -70,10 +70,6 @@ class Source:
     skipped: Counter = field(default_factory=Counter)
     bad_rows: dict[str, list[str]] = field(default_factory=dict)  # reason -> row locations
 
-    @property
-    def label(self) -> str:
-        return f"{self.name} ({self.attr.file_name})"
-
 
 def check_stage(attr: DatasetAttr, stage: str) -> None:
     """Dataset kinds each stage takes, as LLaMA-Factory (`_get_merged_dataset`): dpo pairs, kto tags."""
@@ -146,22 +142,21 @@ def load_source(
             row = {**_EMPTY_ROW[stage], "_skip": bad.reason}
         rows.append({**row, "_source": source_label, "_row": location})
 
-    source = Source(
+    total, bad = len(rows), sum(skipped.values())
+    if bad:
+        logger.warning("%s", skip_report(source_label, total, bad_rows))
+    else:
+        logger.info("%s: %d rows", source_label, total)
+    if total == bad:
+        why = f": {_reasons(bad_rows)}" if bad else ""
+        raise DataError(f"{source_label}: no usable rows ({bad} of {total} skipped{why})")
+    return Source(
         name=name,
         attr=attr,
         rows=datasets.Dataset.from_list(rows, features=FEATURES[stage]),
         skipped=skipped,
         bad_rows=bad_rows,
     )
-    total, bad = len(rows), sum(skipped.values())
-    if bad:
-        logger.warning("%s", skip_report(source))
-    else:
-        logger.info("%s: %d rows", source.label, total)
-    if total == bad:
-        why = f": {_reasons(bad_rows)}" if bad else ""
-        raise DataError(f"{source.label}: no usable rows ({bad} of {total} skipped{why})")
-    return source
 
 
 def _reasons(bad_rows: dict[str, list[str]]) -> str:
@@ -173,7 +168,7 @@ def _reasons(bad_rows: dict[str, list[str]]) -> str:
     return "; ".join(parts)
 
 
-def skip_report(source: Source) -> str:
+def skip_report(label: str, total: int, bad_rows: dict[str, list[str]]) -> str:
     """The one-line report of a dataset's skipped rows."""
-    bad = sum(source.skipped.values())
-    return f"{source.label}: skipped {bad} of {len(source.rows)} rows ({_reasons(source.bad_rows)})"
+    bad = sum(len(locations) for locations in bad_rows.values())
+    return f"{label}: skipped {bad} of {total} rows ({_reasons(bad_rows)})"
