@@ -259,6 +259,8 @@ def test_eval_dataset_and_do_train_false(tok_dir, tmp_path):
     assert eval_only.train is None and eval_only.eval.to_list() == data.eval.to_list()
     with pytest.raises(ConfigError, match="val_size and eval_dataset are both set"):
         load(tok_dir, data_dir, dataset="train", eval_dataset="dev", val_size=0.1)
+    with pytest.raises(ConfigError, match="dataset is required to train"):
+        load(tok_dir, data_dir, eval_dataset="dev")
 
 
 def test_stage_needs_matching_datasets(tok_dir, tmp_path):

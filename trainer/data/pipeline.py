@@ -171,6 +171,8 @@ def build(
     val_size = float(data_args.val_size or 0.0)
     if eval_names and val_size > 1e-6:
         raise ConfigError("val_size and eval_dataset are both set; use one way to get evaluation data")
+    if do_train and not train_names:
+        raise ConfigError("dataset is required to train (a name from dataset_dir/dataset_info.json)")
     template = get_template_and_fix_tokenizer(tokenizer, data_args.template)
     cache = (
         Path(cache_dir) if cache_dir is not None else Path(datasets.config.HF_DATASETS_CACHE) / "prefsweep"
