@@ -257,14 +257,15 @@ def run_context_tags() -> dict[str, str]:
 
 
 def _with_retries(call, *args, tries: int = 4, **kwargs):
-    """SQLite allows one writer; parallel trials may briefly find it locked."""
+    """SQLite allows one writer; parallel trials may find it locked past MLflow's own busy timeout, which
+    MLflow reports as TEMPORARILY_UNAVAILABLE. Other errors are not retried."""
     for attempt in range(tries):
         try:
             return call(*args, **kwargs)
-        except MlflowException:
-            if attempt == tries - 1:
+        except MlflowException as err:
+            if err.error_code != "TEMPORARILY_UNAVAILABLE" or attempt == tries - 1:
                 raise
-            time.sleep(0.25 * 2**attempt)
+            time.sleep(0.5 * 2**attempt)
 
 
 # -------------------------------------------------------------------------------------------- callback

@@ -469,3 +469,45 @@ def test_a_run_created_on_the_driver_survives_a_worker_restart(store, tmp_path):
     assert run.info.status == "FINISHED" and run.data.params["pref_loss"] == "sigmoid"
     history = store.get_metric_history(run_id, "rewards/accuracies")
     assert sorted((m.step, m.value) for m in history)[-1] == (3, 0.5)
+
+
+def test_a_failed_metric_write_warns_and_is_counted_not_raised(store, tmp_path):
+    """Training must outlive a tracking hiccup: here the run is deleted under the callback, MLflow refuses
+    the step's batch, the callback warns and counts it, and the count is tagged once the run is back."""
+    exp_id = tracking.ensure_experiment()
+    callback = MlflowLoggingCallback(
+        tracking_uri=tracking.tracking_uri(), experiment_id=exp_id, run_name="hiccup", config=make_config()
+    )
+    args, state, control = TrainingArguments(output_dir=str(tmp_path)), TrainerState(), TrainerControl()
+    callback.on_train_begin(args, state, control)
+    store.delete_run(callback.run_id)
+    state.global_step = 1
+    with pytest.warns(UserWarning, match="MLflow dropped the metrics of step 1"):
+        callback.on_log(args, state, control, logs={"loss": 0.69})
+    store.restore_run(callback.run_id)
+    state.global_step = 2
+    callback.on_log(args, state, control, logs={"loss": 0.5})
+    callback.finalize_run(tmp_path)
+    run = store.get_run(callback.run_id)
+    assert run.data.tags["prefsweep.dropped_log_batches"] == "1"
+    assert [(m.step, m.value) for m in store.get_metric_history(callback.run_id, "loss")] == [(2, 0.5)]
+
+
+def test_only_transient_store_errors_are_retried(monkeypatch):
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE
+
+    monkeypatch.setattr(tracking.time, "sleep", lambda s: None)
+    calls = []
+
+    def flaky(code, failures):
+        calls.append(code)
+        if len(calls) <= failures:
+            raise MlflowException("locked", error_code=code)
+        return "ok"
+
+    assert tracking._with_retries(flaky, TEMPORARILY_UNAVAILABLE, 2) == "ok" and len(calls) == 3
+    calls.clear()
+    with pytest.raises(MlflowException):
+        tracking._with_retries(flaky, INVALID_PARAMETER_VALUE, 1)
+    assert len(calls) == 1
