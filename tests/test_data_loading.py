@@ -422,3 +422,18 @@ def test_demo_config_equals_live_llamafactory(tmp_path, template):
     assert any(len(ids) == 256 for ids in data.train["rejected_input_ids"])  # truncation happened
     assert data.train.to_list() == lf["train"]
     assert data.eval.to_list() == lf["eval"]
+
+
+def test_num_samples_draws_a_seeded_permutation_then_repeats(tok_dir, tmp_path):
+    info = {
+        "few": {"file_name": "d.json", "ranking": True, "columns": ALPACA_COLUMNS, "num_samples": 3},
+        "many": {"file_name": "d.json", "ranking": True, "columns": ALPACA_COLUMNS, "num_samples": 11},
+    }
+    data_dir = write_dataset(tmp_path, info, {"d.json": ALPACA_PAIRS})
+    few, tok = load(tok_dir, data_dir, dataset="few", seed=3)
+    import numpy as np
+
+    expected = np.random.RandomState(3).permutation(8)[:3]  # LF: np.random after set_seed(seed)
+    assert [c for _, c in texts(tok, few.train)] == [f"Good {i}.<|im_end|>\n" for i in expected]
+    many, _ = load(tok_dir, data_dir, dataset="many", seed=3)
+    assert len(many.train) == 11 and len({tuple(ids) for ids in many.train["chosen_input_ids"][:8]}) == 8

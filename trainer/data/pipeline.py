@@ -194,8 +194,10 @@ def build(
         skipped.update(source.skipped)
 
     train_rows, eval_rows = _merge(train_sources), _merge(eval_sources)
-    train_key = _sha256([_source_key(s, data_args.max_samples, seed) for s in train_sources])
-    eval_key = _sha256([_source_key(s, data_args.max_samples, seed) for s in eval_sources])
+    train_keys = [_source_key(s, data_args.max_samples, seed) for s in train_sources]
+    eval_keys = [_source_key(s, data_args.max_samples, seed) for s in eval_sources]
+    # eval rows may depend on the train sources too: num_samples draws from one RNG, train datasets first
+    train_key, eval_key = _sha256(train_keys), _sha256(train_keys, eval_keys)
     if train_rows is not None and val_size > 1e-6:
         train_rows, eval_rows = _split(train_rows, val_size, seed)
         train_key, eval_key = (
