@@ -102,7 +102,9 @@ class FinetuningArguments:
     overwrite_output_dir: bool = False
     """Start over in an output_dir that holds checkpoints (dropped by transformers 5; kept here)."""
     logps_chunk_size: int | None = 1024
-    """Rows of (batch x sequence) per chunk when computing log-probs; bounds memory of the logsumexp."""
+    """Response positions per chunk when computing log-probs; bounds the memory of the log-softmax."""
+    lean_head: bool = True
+    """Compute log-probs from the last hidden states and the LM head in chunks, never the full logits."""
 
     @property
     def loss_name(self) -> str:
@@ -152,6 +154,9 @@ class TrainConfig:
         kwargs["report_to"] = [r for r in _as_list(kwargs.get("report_to")) if r not in ("mlflow", "none")] or "none"
         kwargs["remove_unused_columns"] = False
         kwargs.pop("resume_from_checkpoint", None)  # resolved by resolve_resume(); may be `true`
+        # Every trainable parameter takes part in each step; DDP's unused-parameter search only costs time
+        # (and the lean LM head uses the head weight outside its module's forward).
+        kwargs.setdefault("ddp_find_unused_parameters", False)
         return TrainingArguments(**kwargs)
 
     def to_flat_dict(self) -> dict[str, Any]:

@@ -10,15 +10,19 @@ over all workers' examples (a per-worker accuracy of 0 or 1 is a known bug elsew
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 
 import torch
 from torch import Tensor, nn
 from transformers import Trainer
 
+from trainer.lean_head import hidden_logps, hidden_states_as_logits
 from trainer.logps import SequenceLogps, sequence_logps
 from trainer.losses import LossSpec, sft_loss
 from trainer.models import Reference
+
+logger = logging.getLogger("prefsweep")
 
 # config key -> loss keyword, for the hparams a registry entry declares
 LOSS_KWARG_SOURCES = {
@@ -43,6 +47,7 @@ class PreferenceTrainer(Trainer):
         reference: Reference,
         pref_ftx: float = 0.0,
         logps_chunk_size: int | None = 1024,
+        lean_head: bool = True,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
@@ -51,6 +56,7 @@ class PreferenceTrainer(Trainer):
         self.reference = reference
         self.pref_ftx = pref_ftx
         self.logps_chunk_size = logps_chunk_size
+        self.lean_head = lean_head
         # compute_loss returns a per-batch mean: the Trainer divides it by the accumulation steps.
         self.loss_is_scaled_for_ga = False
         self._stored: dict[str, dict[str, Tensor]] = {"train": defaultdict(float), "eval": defaultdict(float)}
@@ -60,7 +66,23 @@ class PreferenceTrainer(Trainer):
     # ---- forward passes -------------------------------------------------------------------------
 
     def _logps(self, model: nn.Module, input_ids: Tensor, attention_mask: Tensor, labels: Tensor) -> SequenceLogps:
-        """(N, L) token ids -> per-sequence log-probs of the response tokens, shape (N,)."""
+        """(N, L) token ids -> per-sequence log-probs of the response tokens, shape (N,).
+
+        Lean path: the model hands out its last hidden states and the log-probs come from the LM head
+        weight chunk by chunk, so no (N, L, V) logits exist. Models it would get wrong (logit soft-caps,
+        ZeRO-3-partitioned heads, ...) are refused by `hidden_states_as_logits`; we then fall back to
+        the logits path, once, with a warning.
+        """
+        if self.lean_head:
+            try:
+                with hidden_states_as_logits(model) as head:
+                    hidden = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+                return hidden_logps(
+                    hidden, head.weight, labels, bias=head.bias, chunk_size=self.logps_chunk_size or 1024
+                )
+            except ValueError as err:
+                logger.warning("lean LM-head log-probs are off for this model (%s); computing full logits", err)
+                self.lean_head = False
         logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
         return sequence_logps(logits, labels, chunk_size=self.logps_chunk_size)
 

@@ -70,6 +70,7 @@ def build_trainer(cfg: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -
         reference=reference,
         pref_ftx=cfg.finetuning.pref_ftx,
         logps_chunk_size=cfg.finetuning.logps_chunk_size,
+        lean_head=cfg.finetuning.lean_head,
     )
     return trainer, {"fingerprint": data.fingerprint, "skipped": dict(data.skipped)}
 
