@@ -1,0 +1,218 @@
+"""`python -m rayjobs.sweep SWEEP.yaml [KEY=VALUE ...]`: a Ray Tune sweep whose trials are Ray Train runs.
+
+    driver (this process)            Tune trial (one per config)          Ray Train workers
+    ---------------------            ---------------------------          -----------------
+    load_sweep: validate spec,       trial_driver(config)                 run_training(...)
+      every corner config            -> TorchTrainer(callbacks=           -> RayReportCallback
+    MLflow parent run                     [TuneReportCallback])              (every log step)
+    Tuner(trial_driver).fit()            .fit()                           -> MLflow child run
+    leaderboard -> MLflow + terminal
+
+This is Ray Train V2's Tune pattern: a trial is a small driver that builds a `TorchTrainer`; the
+trial's workers report every logging step, `TuneReportCallback` forwards rank 0's reports to Tune,
+so ASHA can stop a trial between evaluations. The trial driver itself asks Tune for no CPU (it only
+waits on its workers), and at most as many trials run at once as the cluster can hold workers for
+(`max_concurrent_trials`), so no trial sits on a half-started worker group.
+
+Trial names are `trial_<index>_<loss>_beta<beta>[...]`: deterministic, so a sweep can be restored
+and each trial's output dir (`<output_dir>/<trial name>`) and MLflow child run found by name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from sweeps.spec import SweepSpec, load_sweep, trial_name, trial_overrides
+from trainer.config import apply_overrides, load_config
+from trainer.errors import ConfigError
+
+logger = logging.getLogger("prefsweep")
+
+DEFAULT_STORAGE = "~/ray_results"
+# The trial driver needs no CPU of its own (Ray Train's controller takes none either); 0.001 keeps
+# Tune's placement group non-empty.
+TRIAL_DRIVER_RESOURCES = {"CPU": 0.001}
+
+
+def storage_root(spec: SweepSpec) -> str:
+    """Where Tune and Ray Train keep results: a local absolute path or a cloud URI."""
+    root = spec.storage_path or DEFAULT_STORAGE
+    return root if "://" in root else str(Path(root).expanduser().resolve())
+
+
+def trial_driver(config: dict, *, base: dict, storage: str, sweep_name: str, tracking: dict | None) -> None:
+    """One Tune trial: run the sampled config as a Ray Train job and forward its reports to Tune."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from rayjobs.train import make_torch_trainer
+
+    name = tune.get_context().get_trial_name()
+    raw = apply_overrides(base, trial_overrides(config))
+    raw["output_dir"] = str(Path(base["output_dir"]) / name)
+    cfg = load_config(raw)
+    trainer = make_torch_trainer(
+        raw,
+        cfg,
+        name="train",
+        storage_path=f"{storage.rstrip('/')}/{sweep_name}/{name}",
+        tracking={**tracking, "run_name": name} if tracking else None,
+        callbacks=[TuneReportCallback()],
+    )
+    trainer.fit()
+
+
+def trial_namer(base: dict):
+    """Tune's `trial_name_creator`: the trial's counter (from its id) plus its sampled values."""
+
+    def name(trial) -> str:
+        index = int(str(trial.trial_id).rsplit("_", 1)[-1])
+        return trial_name(index, trial_overrides(trial.config), base)
+
+    return name
+
+
+def per_trial_resources(cfg) -> dict[str, float]:
+    """What one trial's Ray Train run holds: its workers' resources."""
+    from rayjobs.train import scaling_config
+
+    return {k: float(v) for k, v in scaling_config(cfg).total_resources.items() if v}
+
+
+def default_concurrency(cluster: dict[str, float], per_trial: dict[str, float]) -> int:
+    """How many trials' worker groups fit in the cluster at once (at least 1: an autoscaler may add nodes)."""
+    fits = [int(cluster.get(name, 0.0) // need) for name, need in per_trial.items() if need > 0]
+    return max(1, min(fits)) if fits else 1
+
+
+def run(source: str | Path | dict, overrides: list[str] = (), *, worker_logs: bool = False) -> int:
+    """Run the sweep; print Tune's trial table while it runs and a leaderboard at the end.
+
+    Workers' own output (every trial's training logs) stays in Ray's log files unless `worker_logs`.
+    """
+    spec = load_sweep(source, list(overrides))
+    from rayjobs.train import prepare_raw_config
+
+    base, base_cfg = prepare_raw_config(spec.base)
+
+    from ray import tune
+
+    from rayjobs import tracking as mlflow_tracking
+    from rayjobs.local_ray import cluster_resources, ensure_ray
+    from sweeps.tune_space import param_space, scheduler, search_algorithm
+
+    how = ensure_ray(log_to_driver=worker_logs)
+    per_trial = per_trial_resources(base_cfg)
+    concurrency = spec.max_concurrent_trials or default_concurrency(cluster_resources(), per_trial)
+    storage = storage_root(spec)
+    print(
+        f"prefsweep: sweep {spec.name!r} ({spec.search} search, metric {spec.metric} {spec.mode}, "
+        f"scheduler {spec.scheduler.type}); each trial holds {per_trial}; up to {concurrency} at once "
+        f"on {'a local Ray' if how == 'local' else 'Ray at ' + (os.environ.get('RAY_ADDRESS') or 'this session')}",
+        flush=True,
+    )
+
+    experiment_id = mlflow_tracking.ensure_experiment()
+    parent_run_id = mlflow_tracking.start_sweep_parent(
+        spec.source, spec.path, experiment_id=experiment_id, run_name=spec.name
+    )
+    from rayjobs.train import tracking_args
+
+    tracking = tracking_args(
+        run_name="", experiment_id=experiment_id, parent_run_id=parent_run_id, log_model=spec.log_model
+    )
+    # Reports before the first evaluation carry no eval metric yet; Tune would reject them.
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    trainable = tune.with_resources(
+        tune.with_parameters(trial_driver, base=base, storage=storage, sweep_name=spec.name, tracking=tracking),
+        TRIAL_DRIVER_RESOURCES,
+    )
+    namer = trial_namer(base)
+    tuner = tune.Tuner(
+        trainable,
+        param_space=param_space(spec) if spec.search != "optuna" else None,
+        tune_config=tune.TuneConfig(
+            metric=spec.metric,
+            mode=spec.mode,
+            num_samples=spec.num_samples,
+            search_alg=search_algorithm(spec, concurrency),
+            scheduler=scheduler(spec),
+            trial_name_creator=namer,
+            trial_dirname_creator=namer,
+        ),
+        run_config=tune.RunConfig(name=spec.name, storage_path=storage, verbose=1),
+    )
+    try:
+        grid = tuner.fit()
+        summaries = trial_summaries(grid, spec, base)
+    except BaseException:
+        mlflow_tracking.finish_sweep_parent(parent_run_id, [], metric=spec.metric, mode=spec.mode, status="KILLED")
+        raise
+    board = mlflow_tracking.finish_sweep_parent(parent_run_id, summaries, metric=spec.metric, mode=spec.mode)
+    errors = [r for r in grid if r.error is not None]
+    print(f"\nprefsweep: sweep {spec.name!r} finished: {len(summaries)} trials, {len(errors)} failed")
+    print(board)
+    print(f"\nTrial output dirs: {Path(base['output_dir'])}/<trial>; Ray results: {storage}/{spec.name}")
+    print(f"Compare the trials in MLflow: {mlflow_tracking.ui_command()}")
+    if not any(spec.metric in (r.metrics or {}) for r in grid):
+        print(f"warning: no trial reported {spec.metric}; check the eval settings of the base config",
+              file=sys.stderr)
+    for result in errors:
+        print(f"trial {Path(result.path).name} failed: {result.error}", file=sys.stderr)
+    return 1 if errors else 0
+
+
+def trial_summaries(grid, spec: SweepSpec, base: dict) -> list:
+    """One `TrialSummary` per Tune result: sampled values and final metric (curves come from MLflow)."""
+    from rayjobs.tracking import TrialSummary
+
+    summaries = []
+    for result in grid:
+        name = Path(result.path).name
+        raw = apply_overrides(base, trial_overrides(result.config or {}))
+        raw["output_dir"] = str(Path(base["output_dir"]) / name)
+        cfg = load_config(raw)
+        final = (result.metrics or {}).get(spec.metric)
+        summaries.append(
+            TrialSummary(
+                trial=name,
+                loss=cfg.loss_name,
+                beta=cfg.finetuning.pref_beta,
+                gamma=cfg.finetuning.simpo_gamma if cfg.loss_name == "simpo" else None,
+                ftx=cfg.finetuning.pref_ftx,
+                final=float(final) if final is not None else None,
+                best=None,
+                config=raw,
+            )
+        )
+    return summaries
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="prefsweep sweep",
+        description="Run a sweep spec with Ray Tune; each trial is a Ray Train run recorded in MLflow. "
+        "Starts a local Ray unless RAY_ADDRESS is set.",
+    )
+    parser.add_argument("sweep", help="sweep spec YAML (see sweeps/demo.yaml)")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE",
+        help="spec keys (num_samples=2, search=optuna, scheduler.grace_period=2) or base-config keys "
+        "(max_steps=4, ray.num_workers=2)",
+    )
+    parser.add_argument("--worker-logs", action="store_true",
+                        help="also print every trial's training logs (default: only the trial table)")
+    args = parser.parse_args(argv)
+    try:
+        return run(args.sweep, args.overrides, worker_logs=args.worker_logs)
+    except ConfigError as err:
+        print(f"prefsweep sweep: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

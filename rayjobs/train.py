@@ -1,0 +1,254 @@
+"""`python -m rayjobs.train CONFIG.yaml [KEY=VALUE ...]`: one preference run as a Ray Train job.
+
+    driver (this process)                  Ray Train workers (N processes, DDP)
+    ---------------------                  ------------------------------------
+    load + validate the config             train_fn_per_worker(loop_config)
+    make its paths absolute          --->    load_config(raw)            (same validated tree)
+    TorchTrainer(ScalingConfig, ...)         run_training(cfg, callbacks=[RayReportCallback,
+    .fit()                                                MLflow callback (rank 0 logs)])
+
+`use_ray: false` runs `trainer.workflow.run_training` in this process instead; both write the same
+output dir (rank 0 writes it). Workers run in a Ray-chosen working directory, so every relative path of
+the config (output dir, data, model, DeepSpeed JSON) is made absolute against the driver's working
+directory before it is shipped: on one machine, or on a cluster with shared storage, everyone sees the
+same files.
+
+DDP runs over gloo on CPU and nccl on GPU. `deepspeed: configs/ds_z2.json` passes straight through to
+Hugging Face's Trainer inside each worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from trainer.config import TrainConfig, apply_overrides, load_config, read_yaml
+from trainer.errors import ConfigError
+
+REPORT_POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+REPORT_POLL_S = "0.25"
+
+# This module stays light (no transformers / MLflow at import): Ray's controller actor unpickles
+# `train_fn_per_worker`, which imports this module there. The worker side lives in rayjobs.worker.
+
+
+# ------------------------------------------------------------------------------------------ config
+
+
+def absolute_paths(cfg: TrainConfig, base: Path | None = None) -> dict[str, Any]:
+    """Overrides that make the config's local paths absolute against `base` (default: the cwd).
+
+    `model_name_or_path` / `ref_model` only when they name an existing local directory (otherwise they
+    are hub ids); `deepspeed` only when it is a path (it may be an inline dict).
+    """
+    base = (base or Path.cwd()).resolve()
+
+    def absolute(value: str) -> str:
+        path = Path(value).expanduser()
+        return str(path if path.is_absolute() else base / path)
+
+    fixed: dict[str, Any] = {
+        "output_dir": absolute(str(cfg.output_dir)),
+        "dataset_dir": absolute(cfg.data.dataset_dir),
+    }
+    for key in ("model_name_or_path", "ref_model"):
+        value = getattr(cfg.model, key)
+        if value and (base / value).expanduser().exists():
+            fixed[key] = absolute(value)
+    if cfg.model.cache_dir:
+        fixed["cache_dir"] = absolute(cfg.model.cache_dir)
+    deepspeed = cfg.training.get("deepspeed")
+    if isinstance(deepspeed, str) and deepspeed:
+        fixed["deepspeed"] = absolute(deepspeed)
+    return fixed
+
+
+def prepare_raw_config(source: str | Path | dict, overrides: Sequence[str] | dict = ()) -> tuple[dict, TrainConfig]:
+    """Read, override, validate and absolutize a config; return (raw flat dict for workers, config)."""
+    raw = read_yaml(source) if not isinstance(source, dict) else dict(source)
+    raw = apply_overrides(raw, list(overrides) if not isinstance(overrides, dict) else overrides)
+    cfg = load_config(raw)
+    raw = apply_overrides(raw, absolute_paths(cfg))
+    return raw, load_config(raw)
+
+
+# ----------------------------------------------------------------------------------------- driver
+
+
+def train_fn_per_worker(loop_config: dict) -> None:
+    """Ray Train's per-worker entry; see `rayjobs.worker.run_worker`."""
+    from rayjobs.worker import run_worker
+
+    run_worker(loop_config)
+
+
+def scaling_config(cfg: TrainConfig):
+    """Ray's ScalingConfig from the config's `ray:` section (resource names upper-cased: cpu -> CPU)."""
+    from ray.train import ScalingConfig
+
+    resources = cfg.ray.resources_per_worker
+    if resources is not None:
+        resources = {k.upper() if k.lower() in ("cpu", "gpu") else k: float(v) for k, v in resources.items()}
+    return ScalingConfig(num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu, resources_per_worker=resources)
+
+
+def worker_config(raw: dict, cfg: TrainConfig, *, progress: bool) -> dict:
+    """The raw config as workers run it: on CPU workers `use_cpu` (Accelerate sees a CPU process group
+    as distributed only when told it runs on CPU); with a Ray progress bar, no Hugging Face tqdm."""
+    raw = dict(raw)
+    if not cfg.ray.use_gpu:
+        raw.setdefault("use_cpu", True)
+    if progress:
+        raw.setdefault("disable_tqdm", True)
+    return raw
+
+
+def make_torch_trainer(
+    raw: dict,
+    cfg: TrainConfig,
+    *,
+    name: str,
+    storage_path: str | None = None,
+    tracking: dict | None = None,
+    callbacks: Sequence[Any] = (),
+    progress: bool = False,
+):
+    """A `TorchTrainer` whose workers run `run_training` on the (absolute-path) raw config.
+
+    `tracking`: keyword arguments of `rayjobs.tracking.MlflowLoggingCallback` but `config` (plain
+    values; the callback is built inside each worker and only rank 0 logs), or None.
+    """
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    # Ray Train's controller takes a worker's report when it polls the workers (every 2 s by
+    # default) and the worker's next report waits for that: reporting every log step needs a
+    # faster poll. Propagated to the controller and workers by Ray Train.
+    os.environ.setdefault(REPORT_POLL_ENV, REPORT_POLL_S)
+    loop_config = {
+        "config": worker_config(raw, cfg, progress=progress),
+        "invocation": uuid.uuid4().hex,
+        "progress": progress,
+        "name": name,
+        "tracking": tracking,
+    }
+    return TorchTrainer(
+        train_fn_per_worker,
+        train_loop_config=loop_config,
+        torch_config=TorchConfig(backend="nccl" if cfg.ray.use_gpu else "gloo"),
+        scaling_config=scaling_config(cfg),
+        run_config=RunConfig(
+            name=name,
+            storage_path=storage_path or cfg.ray.storage_path,
+            failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.ray.num_to_keep),
+            callbacks=list(callbacks) or None,
+            # INFO prints every report's whole metrics dict; the trainer prints its own logs
+            logging_config=LoggingConfig(log_level="WARNING"),
+        ),
+    )
+
+
+def tracking_args(*, run_name: str, experiment_id: str, parent_run_id: str | None = None,
+                  log_model: bool = False) -> dict:
+    """Plain keyword arguments for the workers' MLflow callback (store and tags resolved here)."""
+    from rayjobs import tracking
+
+    return {
+        "tracking_uri": tracking.tracking_uri(),
+        "experiment_id": experiment_id,
+        "run_name": run_name,
+        "parent_run_id": parent_run_id,
+        "tags": tracking.run_context_tags(),
+        "log_model": log_model,
+    }
+
+
+def run(source: str | Path | dict, overrides: Sequence[str] = (), *, log_model: bool = False,
+        track: bool = True) -> dict[str, float]:
+    """Train one run (through Ray Train unless `use_ray: false`); return its final metrics."""
+    raw, cfg = prepare_raw_config(source, overrides)
+    run_name = cfg.output_dir.name
+    if cfg.use_ray:
+        from rayjobs.local_ray import ensure_ray
+
+        ensure_ray()  # before the MLflow tags, which record the Ray job id
+    tracking = None
+    if track:
+        from rayjobs.tracking import ensure_experiment
+
+        tracking = tracking_args(run_name=run_name, experiment_id=ensure_experiment(), log_model=log_model)
+    if not cfg.use_ray:
+        metrics = _run_in_process(cfg, tracking)
+    else:
+        # tqdm_ray redraws its bar with every forwarded log line: only worth it on a terminal.
+        trainer = make_torch_trainer(raw, cfg, name=run_name, tracking=tracking, progress=sys.stdout.isatty())
+        trainer.fit()
+        metrics = _final_metrics(cfg.output_dir)
+    _print_summary(cfg, metrics, tracked=track)
+    return metrics
+
+
+def _run_in_process(cfg: TrainConfig, tracking: dict | None) -> dict[str, float]:
+    from trainer.workflow import run_training
+
+    tracker = None
+    if tracking is not None:
+        from rayjobs.tracking import MlflowLoggingCallback
+
+        tracker = MlflowLoggingCallback(**tracking, config=cfg.to_flat_dict())
+    result = None
+    try:
+        result = run_training(cfg, callbacks=[tracker] if tracker else [])
+    finally:
+        if tracker is not None:
+            tracker.finalize_run(cfg.output_dir, result.dataset_fingerprint if result else None,
+                                 status="FINISHED" if result else "FAILED")
+    return dict(result.metrics)
+
+
+def _final_metrics(output_dir: Path) -> dict[str, float]:
+    """Rank 0's `all_results.json` (Ray Train's own Result keeps metrics only with checkpoints)."""
+    path = Path(output_dir) / "all_results.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _print_summary(cfg: TrainConfig, metrics: dict[str, float], *, tracked: bool) -> None:
+    shown = {k: v for k, v in metrics.items() if k in ("loss", "train_loss", "eval_loss") or "rewards/" in k}
+    print(f"\nprefsweep: run finished; output dir {cfg.output_dir}")
+    for key in sorted(shown):
+        print(f"  {key:32s} {shown[key]:.4f}")
+    if tracked:
+        from rayjobs import tracking
+
+        print(f"MLflow: {tracking.ui_command()}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="prefsweep train",
+        description="Train one preference run from a LLaMA-Factory-style YAML, through Ray Train "
+        "(use_ray=false: in this process). Starts a local Ray unless RAY_ADDRESS is set.",
+    )
+    parser.add_argument("config", help="training config YAML")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="config overrides, e.g. pref_beta=0.2 ray.num_workers=2 use_ray=false")
+    parser.add_argument("--log-model", action="store_true", help="upload the final model to MLflow")
+    parser.add_argument("--no-mlflow", action="store_true", help="do not record the run in MLflow")
+    args = parser.parse_args(argv)
+    try:
+        run(args.config, args.overrides, log_model=args.log_model, track=not args.no_mlflow)
+    except ConfigError as err:
+        print(f"prefsweep train: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

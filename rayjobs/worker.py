@@ -1,0 +1,160 @@
+"""What runs inside each Ray Train worker: the per-worker loop and its Ray callbacks.
+
+`rayjobs.train.train_fn_per_worker` (a light module, since Ray's controller unpickles it) imports this
+one inside the worker, where transformers and MLflow are needed anyway.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from trainer.config import apply_overrides, load_config
+
+INVOCATION_FILE = "prefsweep_invocation.txt"
+"""Written into each checkpoint reported to Ray: which `fit()` made it (see `_resume_checkpoint`)."""
+
+
+def _numbers(logs: dict[str, Any]) -> dict[str, float]:
+    return {
+        k: float(v)
+        for k, v in logs.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
+    }
+
+
+class RayReportCallback(TrainerCallback):
+    """Reports every Hugging Face log (training and evaluation) to Ray Train, so Tune sees each step.
+
+    Ray's own `RayTrainReportCallback` reports only at checkpoints; schedulers like ASHA need the metric
+    as it is logged. Each report carries the latest value of every metric logged so far (an eval
+    metric stays visible between evaluations), `step` (the optimizer step) and `evaluations` (how many
+    evaluations have run: ASHA's clock for eval metrics, so a rung is judged on a fresh evaluation,
+    never on the training log that precedes it at the same step).
+
+    `ray.train.report` is a barrier: every rank calls it at every log (Hugging Face calls `on_log` on
+    all ranks with the same, already-reduced values); Ray keeps rank 0's metrics. On save, rank 0 also
+    hands the checkpoint to Ray (kept under `ray.storage_path`, pruned to `ray.num_to_keep`), so a
+    restarted worker group (`ray.max_failures`) resumes from it.
+    """
+
+    def __init__(self, invocation: str = ""):
+        self.invocation = invocation
+        self.latest: dict[str, float] = {}
+        self.evaluations = 0
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        import ray.train
+
+        numbers = _numbers(logs or {})
+        if any(k.startswith("eval_") for k in numbers):
+            self.evaluations += 1
+        self.latest.update(numbers)
+        ray.train.report(
+            {**self.latest, "step": int(state.global_step), "epoch": float(state.epoch or 0.0),
+             "evaluations": self.evaluations}
+        )
+
+    def on_save(self, args, state, control, **kwargs):
+        import ray.train
+        from transformers.trainer_utils import get_last_checkpoint
+
+        metrics = {**self.latest, "step": int(state.global_step), "evaluations": self.evaluations}
+        source = get_last_checkpoint(args.output_dir) if state.is_world_process_zero else None
+        if source is None:
+            ray.train.report(metrics)
+            return
+        Path(source, INVOCATION_FILE).write_text(self.invocation)
+        checkpoint = ray.train.Checkpoint.from_directory(source)
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"{Path(source).name}")
+
+
+class RayProgressCallback(TrainerCallback):
+    """A training progress bar drawn by the Ray driver (`ray.experimental.tqdm_ray`), rank 0 only.
+
+    A worker's own tqdm writes carriage returns that Ray's log forwarding turns into a wall of lines.
+    """
+
+    def __init__(self, desc: str):
+        self.desc = desc
+        self.bar = None
+        self.shown = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            from ray.experimental.tqdm_ray import tqdm
+
+            self.bar = tqdm(total=state.max_steps, desc=self.desc, unit="step")
+            self.shown = 0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.update(state.global_step - self.shown)
+            self.shown = state.global_step
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+# ----------------------------------------------------------------------------------------- worker
+
+
+def _resume_checkpoint(invocation: str) -> str | None:
+    """The Hugging Face checkpoint to resume from after a worker-group restart of this same `fit()`.
+
+    Ray Train V2 also restores a run of the same name from storage on a later `fit()`; that one is
+    ignored (its invocation differs): a new run starts over unless its config says
+    `resume_from_checkpoint`, as with `use_ray: false`.
+    """
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return None
+    path = Path(checkpoint.path)
+    marker = path / INVOCATION_FILE
+    if not marker.is_file() or marker.read_text() != invocation:
+        return None
+    return str(path)
+
+
+def run_worker(loop_config: dict) -> None:
+    """The same `run_training` as in-process, plus the Ray report callback and (rank 0) MLflow.
+
+    `loop_config`: `config` (raw flat config, absolute paths), `invocation` (id of this `fit()`),
+    `progress` (draw a Ray progress bar), `name`, `tracking` (keyword arguments of
+    `MlflowLoggingCallback` but `config`, or None).
+    """
+    import ray.train
+
+    from trainer.workflow import run_training
+
+    raw = dict(loop_config["config"])
+    resume = _resume_checkpoint(loop_config["invocation"])
+    if resume is not None:
+        raw = apply_overrides(raw, {"resume_from_checkpoint": resume, "overwrite_output_dir": True})
+    cfg = load_config(raw)
+    callbacks: list[TrainerCallback] = [RayReportCallback(loop_config["invocation"])]
+    if loop_config.get("progress") and ray.train.get_context().get_world_rank() == 0:
+        callbacks.append(RayProgressCallback(loop_config.get("name") or cfg.output_dir.name))
+    tracker = None
+    if loop_config.get("tracking") is not None:
+        from rayjobs.tracking import MlflowLoggingCallback
+
+        tracker = MlflowLoggingCallback(**loop_config["tracking"], config=cfg.to_flat_dict())
+        callbacks.append(tracker)
+    result = None
+    try:
+        result = run_training(cfg, callbacks=callbacks)
+    finally:
+        if tracker is not None:
+            tracker.finalize_run(
+                cfg.output_dir,
+                dataset_fingerprint=result.dataset_fingerprint if result else None,
+                status="FINISHED" if result else "FAILED",
+            )
