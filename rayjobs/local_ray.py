@@ -40,6 +40,24 @@ def _worker_pythonpath() -> str:
     return os.pathsep.join(dict.fromkeys(parts))
 
 
+def _token_auth() -> None:
+    """Token authentication on unless the user turned it off (`RAY_AUTH_MODE=disabled`).
+
+    Ray reads `RAY_AUTH_MODE` and the token once per process, possibly at `import ray`, before this
+    runs (and before a test sets `RAY_AUTH_TOKEN_PATH`); Ray's own switch refreshes both. Attaching
+    to a cluster needs it too: Ray turns token mode on by itself only for clusters it starts.
+    """
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    if os.environ["RAY_AUTH_MODE"].lower() != "token":
+        logger.warning("RAY_AUTH_MODE=%s: Ray token authentication is off", os.environ["RAY_AUTH_MODE"])
+        return
+    from ray._private.authentication.authentication_token_setup import _enable_token_auth
+    from ray._raylet import AuthenticationTokenLoader
+
+    _enable_token_auth()
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
 def ensure_ray(*, num_cpus: int | None = None, num_gpus: int | None = None, log_to_driver: bool = True) -> str:
     """Make sure this process is connected to Ray; return how: "existing", "attached" or "local".
 
@@ -49,9 +67,7 @@ def ensure_ray(*, num_cpus: int | None = None, num_gpus: int | None = None, log_
 
     if ray.is_initialized():
         return "existing"
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
-    if os.environ["RAY_AUTH_MODE"].lower() != "token":
-        logger.warning("RAY_AUTH_MODE=%s: Ray token authentication is off", os.environ["RAY_AUTH_MODE"])
+    _token_auth()
     address = attach_address()
     if address is not None:
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=log_to_driver)

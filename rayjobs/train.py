@@ -131,6 +131,9 @@ def make_torch_trainer(
     # default) and the worker's next report waits for that: reporting every log step needs a
     # faster poll. Propagated to the controller and workers by Ray Train.
     os.environ.setdefault(REPORT_POLL_ENV, REPORT_POLL_S)
+    # Ray Train's print patch bypasses `sys.stdout`, so output that libraries capture by swapping
+    # sys.stdout (dill disassembles functions that way when `datasets` fingerprints a map) leaks.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     loop_config = {
         "config": worker_config(raw, cfg, progress=progress),
         "invocation": uuid.uuid4().hex,

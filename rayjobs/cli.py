@@ -1,0 +1,45 @@
+"""`prefsweep`: the console script.
+
+    prefsweep train CONFIG.yaml [KEY=VALUE ...]     one run (Ray Train; use_ray=false: in-process)
+    prefsweep sweep SWEEP.yaml [KEY=VALUE ...]      a Ray Tune sweep of Ray Train runs
+    prefsweep make-tiny-model OUT --data FILE ...   the offline tiny model for tests and the demo
+
+Each subcommand is its module's `main` (`python -m rayjobs.train`, `python -m rayjobs.sweep`,
+`python -m trainer.tiny_model`), so what `ray job submit -- python -m ...` runs is the same code.
+"""
+
+from __future__ import annotations
+
+import sys
+
+COMMANDS = {
+    "train": ("rayjobs.train", "train one run from a config YAML"),
+    "sweep": ("rayjobs.sweep", "run a sweep spec with Ray Tune"),
+    "make-tiny-model": ("trainer.tiny_model", "build the offline tiny Llama model and tokenizer"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: prefsweep COMMAND [ARGS ...]", "", "commands:"]
+    lines += [f"  {name:16s} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "`prefsweep COMMAND --help` describes each command."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"prefsweep: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    import importlib
+
+    module = importlib.import_module(COMMANDS[command][0])
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
