@@ -23,7 +23,8 @@ A dimension is one of `grid: [values]`, `choice: [values]`, `uniform: [low, high
 `loguniform: [low, high]`, `randint: [low, high]` (high excluded, as in Ray Tune). A conditional
 dimension `{by: KEY, values: {VALUE: dimension or constant}}` is sampled only when KEY (a grid/choice
 dimension or a base-config constant) takes one of the listed values; otherwise the key keeps the base
-config's value, so a sigmoid trial never carries a `simpo_gamma`.
+config's value, so a sigmoid trial never carries a `simpo_gamma`. A grid inside a condition (a beta
+grid per loss) is expanded for each value of a grid KEY.
 
 This module is pure Python (no Ray): parsing, validation, sampling helpers and trial names.
 `sweeps.tune_space` turns a spec into Ray Tune / Optuna search spaces.
@@ -181,9 +182,19 @@ class SweepSpec:
 # ---------------------------------------------------------------------------------------- parsing
 
 
+def nearest(key: str, valid) -> str | None:
+    """The valid name `key` most likely meant: one it begins, else the closest spelling."""
+    valid = list(valid)
+    prefixed = [v for v in valid if v.startswith(key) or key.startswith(v)]
+    if prefixed:
+        return min(prefixed, key=lambda v: abs(len(v) - len(key)))
+    near = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+    return near[0] if near else None
+
+
 def _unknown(key: str, valid, where: str) -> ConfigError:
-    near = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.6)
-    hint = f"; did you mean {near[0]!r}?" if near else ""
+    near = nearest(key, valid)
+    hint = f"; did you mean {near!r}?" if near else ""
     return ConfigError(f"{where}: unknown key {key!r}{hint} (valid: {', '.join(valid)})")
 
 
@@ -253,12 +264,6 @@ def parse_space(node: Any, *, config_keys: list[str]) -> dict:
             if not isinstance(cases, dict) or not cases:
                 raise ConfigError(f"{where}.values: expected a mapping of {dim['by']} value -> dimension")
             parsed = {v: parse_dimension(f"{where}.values.{v}", d, allow_constant=True) for v, d in cases.items()}
-            for v, d in parsed.items():
-                if d.kind == "grid":
-                    raise ConfigError(
-                        f"{where}.values.{v}: a conditional dimension cannot be a grid (Ray Tune expands grids "
-                        f"before conditions); use choice"
-                    )
             space[key] = Conditional(by=str(dim["by"]), cases=parsed)
         else:
             space[key] = parse_dimension(where, dim)
@@ -277,8 +282,8 @@ def _dotted(overrides: list[str] | dict) -> tuple[dict, dict]:
         elif key in config_keys or head == "ray":
             config_part[key] = value
         else:
-            near = difflib.get_close_matches(key, list(SPEC_KEYS) + config_keys, n=1, cutoff=0.6)
-            hint = f"; did you mean {near[0]!r}?" if near else ""
+            near = nearest(key, list(SPEC_KEYS) + config_keys)
+            hint = f"; did you mean {near!r}?" if near else ""
             raise ConfigError(f"override {key!r} is neither a sweep key nor a training config key{hint}")
     return spec_part, config_part
 
@@ -362,15 +367,16 @@ def _build(raw: dict, path: str | None, config_overrides: dict) -> SweepSpec:
         inline = dict(parse_override(o) for o in inline)
     if not isinstance(inline, dict):
         raise ConfigError(f"overrides: expected a mapping or a list of KEY=VALUE, got {inline!r}")
-    base = apply_overrides(apply_overrides(base, inline), config_overrides)
     resources = raw.get("trial_resources") or {}
     if not isinstance(resources, dict):
         raise ConfigError(f"trial_resources: expected a mapping, got {resources!r}")
     for key in resources:
         if key not in RESOURCE_KEYS:
             raise _unknown(key, RESOURCE_KEYS, "trial_resources")
+    base = apply_overrides(base, inline)
     if resources:
         base["ray"] = {**(base.get("ray") or {}), **resources}
+    base = apply_overrides(base, config_overrides)  # the command line wins
     load_config(base)  # the base itself must be a valid config
 
     name = raw.get("name") or (Path(path).stem if path else "sweep")
@@ -414,7 +420,10 @@ def _build(raw: dict, path: str | None, config_overrides: dict) -> SweepSpec:
     _check_conditions(spec)
     _check_metric_is_evaluated(spec)
     if spec.search == "optuna":
-        grids = [k for k, d in spec.space.items() if isinstance(d, Dimension) and d.kind == "grid"]
+        grids = [
+            k for k, d in spec.space.items()
+            if (d.kind == "grid" if isinstance(d, Dimension) else any(c.kind == "grid" for c in d.cases.values()))
+        ]
         if grids:
             raise ConfigError(f"space.{grids[0]}: search optuna samples and cannot expand a grid; use choice")
     _check_corners(spec)
@@ -429,7 +438,16 @@ def _check_conditions(spec: SweepSpec) -> None:
             raise ConfigError(f"space.{key}: a key cannot depend on itself")
         if isinstance(spec.space.get(dim.by), Conditional):
             raise ConfigError(f"space.{key}: depends on {dim.by}, which is conditional itself")
+        by_dim = spec.space.get(dim.by)
+        if by_dim is None:
+            continue  # fixed by the base config: the matching case is applied up front, others never
         possible = spec.possible_values(dim.by)
+        for value, case in dim.cases.items():
+            if case.kind == "grid" and by_dim.kind != "grid":
+                raise ConfigError(
+                    f"space.{key}.values.{value}: a grid inside a condition needs {dim.by} to be a grid too "
+                    f"(a sampled {dim.by} cannot expand it); use choice"
+                )
         unknown = [v for v in dim.cases if v not in possible]
         if unknown:
             raise ConfigError(

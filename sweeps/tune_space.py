@@ -11,6 +11,7 @@ conditional under the name `key[by_value]` (Optuna wants one distribution per na
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 from ray import tune
@@ -69,12 +70,11 @@ def param_space(spec: SweepSpec) -> dict:
         by_dim = spec.space[by]
         cases = []
         for value in by_dim.values():
-            case = {by: value}
-            for key, dim in members.items():
-                chosen = dim.case(value)
-                if chosen is not None:
-                    case[key] = _case_value(chosen)
-            cases.append(case)
+            chosen = {key: dim.case(value) for key, dim in members.items() if dim.case(value) is not None}
+            fixed = {key: _case_value(d) for key, d in chosen.items() if d.kind != "grid"}
+            grids = {key: d.values() for key, d in chosen.items() if d.kind == "grid"}
+            for combo in itertools.product(*grids.values()):  # one case per point of the per-value grids
+                cases.append({by: value, **fixed, **dict(zip(grids, combo))})
         space[case_key(by)] = tune.grid_search(cases) if by_dim.kind == "grid" else tune.choice(cases)
     return space
 
