@@ -24,9 +24,12 @@ logger = logging.getLogger("prefsweep")
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 LOOPBACK = "127.0.0.1"
-# Env vars a local Ray hands to every worker, besides PYTHONPATH.
-WORKER_ENV = {
+# Env vars a local Ray hands to every worker (and this driver), besides PYTHONPATH.
+LOCAL_ENV = {
     "TOKENIZERS_PARALLELISM": "false",  # tokenizers forks inside Ray workers otherwise warn on every batch
+    # Ray Train's preemption watcher (an extra actor process per run) watches for spot nodes being
+    # drained; a laptop has none, and on 2 cores the process costs each trial seconds.
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
 }
 
 
@@ -72,6 +75,8 @@ def ensure_ray(*, num_cpus: int | None = None, num_gpus: int | None = None, log_
     if address is not None:
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=log_to_driver)
         return "attached"
+    for key, value in LOCAL_ENV.items():
+        os.environ.setdefault(key, value)
     ray.init(
         address="local",
         num_cpus=num_cpus,
@@ -79,7 +84,7 @@ def ensure_ray(*, num_cpus: int | None = None, num_gpus: int | None = None, log_
         include_dashboard=True,
         dashboard_host=LOOPBACK,
         _node_ip_address=LOOPBACK,
-        runtime_env={"env_vars": {"PYTHONPATH": _worker_pythonpath(), **WORKER_ENV}},
+        runtime_env={"env_vars": {"PYTHONPATH": _worker_pythonpath(), **LOCAL_ENV}},
         logging_level=logging.WARNING,
         log_to_driver=log_to_driver,
     )

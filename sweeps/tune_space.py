@@ -143,10 +143,8 @@ def scheduler(spec: SweepSpec):
 
     time_attr = sched.time_attr or ("evaluations" if spec.metric.startswith("eval_") else "step")
     kwargs = {"max_t": sched.max_t} if sched.max_t else {}
-    return ASHAScheduler(
+    return ASHAScheduler(  # metric and mode come from TuneConfig
         time_attr=time_attr,
-        metric=spec.metric,
-        mode=spec.mode,
         grace_period=sched.grace_period,
         reduction_factor=sched.reduction_factor,
         brackets=sched.brackets,

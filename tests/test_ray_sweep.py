@@ -1,0 +1,279 @@
+"""Sweeps submitted the way a cluster user does: `ray job submit --working-dir . -- python -m rayjobs.sweep`.
+
+A real Ray head is started for this module (`ray start --head --block` on 127.0.0.1, token auth with a
+token file of its own, its own temp dir and ports) and stopped at the end by signalling the process
+this module started, which takes down the node it owns. A user's own Ray on the machine is untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+from mlflow import MlflowClient
+from PIL import Image
+
+from trainer.tiny_model import build_tiny_model
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+DEMO = REPO / "data" / "dpo_en_demo.json"
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+@dataclass
+class Head:
+    env: dict
+    """Environment of a client of this head: token auth, the head's job server, the venv's python."""
+    root: Path
+    dashboard: str
+
+
+def free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def _wait_for_dashboard(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"ray start exited with {proc.returncode}")
+        try:
+            urllib.request.urlopen(f"{url}/api/version", timeout=2)
+            return
+        except urllib.error.HTTPError:  # answering (401 without a token) is up
+            return
+        except OSError:
+            time.sleep(1)
+    raise TimeoutError(f"Ray dashboard at {url} did not come up in {timeout}s")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Stop the node this module started: SIGTERM `ray start --block` (its handler stops the node's
+    processes), then SIGKILL whatever of that process tree is left after a short grace period."""
+    try:
+        tree = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        tree = []
+    proc.send_signal(signal.SIGTERM)
+    gone, alive = psutil.wait_procs([psutil.Process(proc.pid), *tree], timeout=5)
+    for process in alive:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+    proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    # Ray puts unix sockets under its temp dir: keep the path short (sun_path holds 107 bytes).
+    root = Path(tempfile.mkdtemp(prefix="psray-", dir="/tmp"))
+    token = root / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update({
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": str(token),
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # the job's `python` is this venv's
+    })
+    gcs, dashboard, client, agent = free_ports(4)
+    log = open(root / "ray_start.log", "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", f"--ray-client-server-port={client}",
+         f"--dashboard-agent-listen-port={agent}", f"--temp-dir={root / 'ray'}", "--num-cpus=2",
+         "--disable-usage-stats"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{dashboard}"
+    try:
+        _wait_for_dashboard(url, proc)
+        yield Head(env={**env, "RAY_API_SERVER_ADDRESS": url}, root=root, dashboard=url)
+    finally:
+        _stop(proc)
+        log.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", [DEMO], vocab_size=512, seed=0)
+
+
+def base_config(tiny_model: Path, out: Path, **overrides) -> dict:
+    base = {
+        "model_name_or_path": str(tiny_model),
+        "stage": "dpo",
+        "do_train": True,
+        "finetuning_type": "full",
+        "dataset": "dpo_en_demo",
+        "dataset_dir": "data",  # relative: resolved in the job's working dir (the uploaded checkout)
+        "template": "default",
+        "cutoff_len": 96,
+        "max_samples": 40,
+        "val_size": 8,
+        "output_dir": str(out),
+        "per_device_train_batch_size": 4,
+        "per_device_eval_batch_size": 4,
+        "learning_rate": 1.0e-3,
+        "lr_scheduler_type": "constant",
+        "max_steps": 6,
+        "logging_steps": 1,
+        "eval_strategy": "steps",
+        "eval_steps": 3,
+        "save_strategy": "no",
+        "plot_loss": True,
+        "report_to": "none",
+        "seed": 3,
+    }
+    base.update(overrides)
+    return base
+
+
+def submit(head: Head, spec: dict, tmp: Path, submission_id: str, mlflow_uri: str) -> str:
+    """`ray job submit` the sweep from the checkout; return the job's output (it must succeed)."""
+    spec_path = tmp / f"{spec['name']}.yaml"
+    spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    runtime_env = {"env_vars": {"MLFLOW_TRACKING_URI": mlflow_uri, "MLFLOW_EXPERIMENT_NAME": spec["name"]}}
+    run = subprocess.run(
+        [str(BIN / "ray"), "job", "submit", "--submission-id", submission_id, "--working-dir", ".",
+         "--runtime-env-json", json.dumps(runtime_env), "--", "python", "-m", "rayjobs.sweep", str(spec_path)],
+        cwd=REPO, env=head.env, capture_output=True, text=True, timeout=400,
+    )
+    output = run.stdout + run.stderr
+    assert run.returncode == 0, output[-6000:]
+    status = subprocess.run([str(BIN / "ray"), "job", "status", submission_id], env=head.env,
+                            capture_output=True, text=True, timeout=60)
+    assert f"Job '{submission_id}' succeeded" in status.stdout + status.stderr, status.stdout + status.stderr
+    return output
+
+
+def open_png(client: MlflowClient, run_id: str, name: str, tmp: Path) -> tuple[int, int]:
+    path = client.download_artifacts(run_id, name, str(tmp))
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        return image.size
+
+
+def test_job_submitted_sweep_is_recorded_in_mlflow(ray_head, tiny_model, tmp_path):
+    """2 trials (sigmoid, simpo): one parent run, two children with curves, params, plots; a leaderboard."""
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec = {
+        "name": "jobtest",
+        "base": base_config(tiny_model, tmp_path / "outputs"),
+        "space": {
+            "pref_loss": {"grid": ["sigmoid", "simpo"]},
+            "pref_beta": {"by": "pref_loss", "values": {"sigmoid": {"loguniform": [0.05, 0.5]},
+                                                         "simpo": {"uniform": [2.0, 4.0]}}},
+            "simpo_gamma": {"by": "pref_loss", "values": {"simpo": {"uniform": [0.3, 1.0]}}},
+        },
+        "trial_resources": {"num_workers": 1},
+        "storage_path": str(tmp_path / "ray_results"),
+    }
+    output = submit(ray_head, spec, tmp_path, "prefsweep-test-jobtest", store)
+    assert "Leaderboard" in output
+    assert f"mlflow ui --backend-store-uri {store}" in output
+
+    client = MlflowClient(store)
+    experiment = client.get_experiment_by_name("jobtest")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1
+    parent = parents[0]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 2
+    assert {c.data.params["pref_loss"] for c in children} == {"sigmoid", "simpo"}
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert child.info.run_name.startswith("trial_00")
+        assert float(child.data.params["pref_beta"]) > 0
+        history = client.get_metric_history(child.info.run_id, "rewards/accuracies")
+        assert len({m.step for m in history}) >= 3, history
+        artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
+        assert {"training_loss.png", "training_rewards_accuracies.png"} <= artifacts, artifacts
+        for png in ("training_loss.png", "training_rewards_accuracies.png"):
+            width, height = open_png(client, child.info.run_id, png, tmp_path / child.info.run_name)
+            assert width > 100 and height > 100
+        # the conditional space: only the simpo trial has a simpo_gamma, in its resolved config too
+        resolved = yaml.safe_load((tmp_path / "outputs" / child.info.run_name / "resolved_config.yaml").read_text())
+        if resolved["pref_loss"] == "simpo":
+            assert 0.3 <= resolved["simpo_gamma"] <= 1.0
+            assert 2.0 <= resolved["pref_beta"] <= 4.0
+        else:
+            assert resolved["simpo_gamma"] is None
+            assert 0.05 <= resolved["pref_beta"] <= 0.5
+
+    parent_artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"leaderboard.csv", "leaderboard.md"} <= parent_artifacts, parent_artifacts
+    leaderboard = client.download_artifacts(parent.info.run_id, "leaderboard.csv", str(tmp_path / "parent"))
+    assert sum(c.info.run_name in Path(leaderboard).read_text() for c in children) == 2
+    plots = sorted(p for p in parent_artifacts if p.endswith(".png"))
+    assert plots, parent_artifacts
+    for png in plots:
+        open_png(client, parent.info.run_id, png, tmp_path / "parent")
+
+
+def test_asha_stops_a_trial_early_on_the_demo_data(ray_head, tiny_model, tmp_path):
+    """3 trials ranked on training loss, ASHA rungs every 3 steps. SimPO's loss starts near 0.97
+    (-log sigmoid(-gamma), gamma 0.5) and sigmoid's at 0.693, so the third trial (a SimPO one)
+    reaches its first rung behind the median of the two before it and is stopped there."""
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec = {
+        "name": "ashatest",
+        "base": base_config(tiny_model, tmp_path / "outputs", max_steps=9, eval_strategy="no", val_size=0,
+                            plot_loss=False),
+        "space": {
+            "pref_loss": {"grid": ["sigmoid", "simpo"]},
+            "pref_beta": {"by": "pref_loss", "values": {"sigmoid": 0.1, "simpo": {"grid": [2.0, 2.5]}}},
+            "simpo_gamma": {"by": "pref_loss", "values": {"simpo": 0.5}},
+        },
+        "metric": "loss",
+        "mode": "min",
+        "scheduler": {"type": "asha", "grace_period": 3, "reduction_factor": 2, "max_t": 9},
+        "trial_resources": {"num_workers": 1},
+        "storage_path": str(tmp_path / "ray_results"),
+    }
+    submit(ray_head, spec, tmp_path, "prefsweep-test-ashatest", store)
+
+    last_steps = {}
+    for result_file in (tmp_path / "ray_results" / "ashatest").glob("trial_*/result.json"):
+        results = [json.loads(line) for line in result_file.read_text().splitlines() if line.strip()]
+        last_steps[result_file.parent.name] = max(r["step"] for r in results)
+    assert sorted(last_steps) == ["trial_000_sigmoid_beta0.1", "trial_001_simpo_beta2_gamma0.5",
+                                  "trial_002_simpo_beta2.5_gamma0.5"], last_steps
+    assert last_steps["trial_000_sigmoid_beta0.1"] == 9, last_steps
+    assert last_steps["trial_002_simpo_beta2.5_gamma0.5"] < 9, f"not stopped early: {last_steps}"
+
+    for name in last_steps:
+        resolved = yaml.safe_load((tmp_path / "outputs" / name / "resolved_config.yaml").read_text())
+        assert (resolved["simpo_gamma"] is not None) == (resolved["pref_loss"] == "simpo"), name
+
+    client = MlflowClient(store)
+    experiment = client.get_experiment_by_name("ashatest")
+    statuses = {r.info.run_name: r.info.status for r in client.search_runs([experiment.experiment_id])
+                if "mlflow.parentRunId" in r.data.tags}
+    assert statuses["trial_000_sigmoid_beta0.1"] == "FINISHED"
+    assert statuses["trial_002_simpo_beta2.5_gamma0.5"] == "KILLED", statuses
