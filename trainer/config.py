@@ -105,6 +105,10 @@ class FinetuningArguments:
     """Response positions per chunk when computing log-probs; bounds the memory of the log-softmax."""
     lean_head: bool = True
     """Compute log-probs from the last hidden states and the LM head in chunks, never the full logits."""
+    precompute_ref: Literal["auto", "always", "never"] = "auto"
+    """Reference log-prob cache: auto reads one that exists for this run's key (a sweep builds it before its trials), always builds or reuses one before training, never runs the reference every step."""
+    ref_cache_dir: str | None = None
+    """Root of the reference log-prob cache (a filesystem path); default <ray.storage_path>/ref_cache, else ~/.cache/prefsweep/ref_cache."""
 
     @property
     def loss_name(self) -> str:
@@ -424,6 +428,10 @@ def _validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"lora_rank must be >= 1, got {ft.lora_rank}")
     if not 0 <= ft.lora_dropout < 1:
         raise ConfigError(f"lora_dropout must be in [0, 1), got {ft.lora_dropout}")
+    if ft.ref_cache_dir is not None and "://" in ft.ref_cache_dir:
+        raise ConfigError(
+            f"ref_cache_dir must be a local or shared filesystem path (atomic renames), got {ft.ref_cache_dir!r}"
+        )
     if ft.logps_chunk_size is not None and ft.logps_chunk_size < 1:
         raise ConfigError(f"logps_chunk_size must be >= 1 or null, got {ft.logps_chunk_size}")
     if data.cutoff_len < 2:

@@ -2,7 +2,8 @@
 
 Reference, as LLaMA-Factory builds it: a separate `ref_model` if given; else the LoRA policy with its
 adapters disabled (no second copy); else, for full and freeze tuning, a frozen copy of the starting
-weights; none at all for reference-free losses (orpo, simpo).
+weights; none at all for reference-free losses (orpo, simpo). With a reference log-prob cache
+(`trainer.ref_cache`) none is built either: the batches carry the reference log-probs.
 """
 
 from __future__ import annotations
@@ -115,9 +116,9 @@ def _apply_freeze(model: PreTrainedModel, ft: FinetuningArguments) -> None:
 
 @dataclass
 class Reference:
-    """How reference log-probs are computed. `model` is None for adapters-off and reference-free."""
+    """How reference log-probs are computed. `model` is None for adapters-off, cached and reference-free."""
 
-    kind: str  # "none" | "separate" | "adapters_off" | "frozen_copy"
+    kind: str  # "none" | "separate" | "adapters_off" | "frozen_copy" | "cached"
     model: nn.Module | None = None
 
     @property
@@ -132,15 +133,21 @@ class Reference:
                 yield policy
         elif self.model is not None:
             yield self.model
+        elif self.kind == "cached":
+            raise RuntimeError("the reference log-probs come from the cache: no reference forward should run")
         else:
             raise RuntimeError("this loss is reference-free: no reference forward should run")
 
 
 def build_reference(
-    model_args: ModelArguments, ft: FinetuningArguments, policy: nn.Module, *, needs_reference: bool, dtype
+    model_args: ModelArguments, ft: FinetuningArguments, policy: nn.Module, *, needs_reference: bool, dtype,
+    cached: bool = False,
 ) -> Reference:
+    """`cached`: the reference log-probs are joined to the dataset; no model is loaded or copied."""
     if not needs_reference:
         return Reference("none")
+    if cached:
+        return Reference("cached")
     if model_args.ref_model:
         ref = load_causal_lm(model_args.ref_model, model_args, dtype)
     elif ft.finetuning_type == "lora":

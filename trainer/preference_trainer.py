@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 from transformers import Trainer
 
+from trainer.data.collator import REFERENCE_COLUMNS
 from trainer.lean_head import hidden_logps, hidden_states_as_logits
 from trainer.logps import SequenceLogps, sequence_logps
 from trainer.losses import LossSpec, sft_loss
@@ -36,6 +37,40 @@ LOSS_KWARG_SOURCES = {
 
 def loss_kwargs(spec: LossSpec, finetuning) -> dict[str, float]:
     return {name: getattr(finetuning, LOSS_KWARG_SOURCES[name]) for name in spec.hparams}
+
+
+def response_logps(
+    model: nn.Module, input_ids: Tensor, attention_mask: Tensor, labels: Tensor, *, lean_head: bool,
+    chunk_size: int | None,
+) -> SequenceLogps:
+    """(N, L) token ids -> per-sequence log-probs of the response tokens, shape (N,).
+
+    The one forward the trainer (policy and reference) and the reference cache (`trainer.ref_cache`) run,
+    so their numbers agree. Lean path: the model hands out its last hidden states and the log-probs come
+    from the LM head weight chunk by chunk, so no (N, L, V) logits exist; raises ValueError for models it
+    would get wrong (logit soft-caps, ZeRO-3-partitioned heads, ...; see `hidden_states_as_logits`).
+    """
+    if lean_head:
+        with hidden_states_as_logits(model) as head:
+            hidden = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+        return hidden_logps(hidden, head.weight, labels, bias=head.bias, chunk_size=chunk_size or 1024)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+    return sequence_logps(logits, labels, chunk_size=chunk_size)
+
+
+def cached_logps(inputs: dict[str, Tensor], pairs: list[tuple[str, str]], dtype: torch.dtype) -> SequenceLogps:
+    """Reference log-probs read from the batch (columns joined from the reference cache) instead of a forward.
+
+    pairs: (summed log-prob column, response token count column) per block, each (B,); the blocks are
+    concatenated in order, as the rows of the forward they replace. `dtype` is the policy log-probs' dtype
+    (the cache holds float32 sums as float64, so the cast is exact). mean_logits is not a reference metric.
+    """
+    missing = [name for pair in pairs for name in pair if name not in inputs]
+    if missing:
+        raise ValueError(f"the reference is cached but the batch lacks columns {missing}; attach the cache")
+    total = torch.cat([inputs[s] for s, _ in pairs]).to(dtype)
+    count = torch.cat([inputs[c] for _, c in pairs]).long()
+    return SequenceLogps(sum=total, count=count, mean_logits=torch.zeros_like(total))
 
 
 class PreferenceTrainer(Trainer):
@@ -60,36 +95,42 @@ class PreferenceTrainer(Trainer):
         # compute_loss returns a per-batch mean: the Trainer divides it by the accumulation steps.
         self.loss_is_scaled_for_ga = False
         self._stored: dict[str, dict[str, Tensor]] = {"train": defaultdict(float), "eval": defaultdict(float)}
+        self.reference_forwards = 0
+        """Examples (pairs for dpo, completion + KL row for kto) passed through the reference model here."""
         if reference.model is not None:
             reference.model.to(self.args.device)
 
     # ---- forward passes -------------------------------------------------------------------------
 
     def _logps(self, model: nn.Module, input_ids: Tensor, attention_mask: Tensor, labels: Tensor) -> SequenceLogps:
-        """(N, L) token ids -> per-sequence log-probs of the response tokens, shape (N,).
-
-        Lean path: the model hands out its last hidden states and the log-probs come from the LM head
-        weight chunk by chunk, so no (N, L, V) logits exist. Models it would get wrong (logit soft-caps,
-        ZeRO-3-partitioned heads, ...) are refused by `hidden_states_as_logits`; we then fall back to
-        the logits path, once, with a warning.
-        """
+        """(N, L) token ids -> (N,) response log-probs (`response_logps`). A model the lean path refuses
+        falls back to the logits path, once, with a warning."""
         if self.lean_head:
             try:
-                with hidden_states_as_logits(model) as head:
-                    hidden = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-                return hidden_logps(
-                    hidden, head.weight, labels, bias=head.bias, chunk_size=self.logps_chunk_size or 1024
+                return response_logps(
+                    model, input_ids, attention_mask, labels, lean_head=True, chunk_size=self.logps_chunk_size
                 )
             except ValueError as err:
                 logger.warning("lean LM-head log-probs are off for this model (%s); computing full logits", err)
                 self.lean_head = False
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-        return sequence_logps(logits, labels, chunk_size=self.logps_chunk_size)
+        return response_logps(
+            model, input_ids, attention_mask, labels, lean_head=False, chunk_size=self.logps_chunk_size
+        )
 
     @torch.no_grad()
     def _reference_logps(self, model: nn.Module, input_ids, attention_mask, labels) -> SequenceLogps:
         with self.reference.forward_model(self.accelerator.unwrap_model(model)) as ref:
             return self._logps(ref, input_ids, attention_mask, labels)
+
+    def _reference(self, model: nn.Module, inputs: dict[str, Tensor], prefix: str, block: str,
+                   examples: int, dtype: torch.dtype) -> SequenceLogps:
+        """Reference log-probs of the rows `{prefix}input_ids`: from the cached columns of `block`
+        (`REFERENCE_COLUMNS[stage][block]`) when the reference is cached, else one reference forward."""
+        if self.reference.kind == "cached":
+            return cached_logps(inputs, REFERENCE_COLUMNS[self.loss.stage][block], dtype)
+        self.reference_forwards += examples
+        batch = (inputs[f"{prefix}input_ids"], inputs[f"{prefix}attention_mask"], inputs[f"{prefix}labels"])
+        return self._reference_logps(model, *batch)
 
     def _reduced(self, logps: SequenceLogps) -> Tensor:
         return logps.mean if self.loss.averages_logps else logps.sum
@@ -104,7 +145,8 @@ class PreferenceTrainer(Trainer):
         chosen, rejected = policy_values.chunk(2)
         ref_chosen = ref_rejected = None
         if self.loss.needs_reference:
-            ref_chosen, ref_rejected = self._reduced(self._reference_logps(model, *batch)).chunk(2)
+            reference = self._reference(model, inputs, "", "pair", len(chosen), policy.sum.dtype)
+            ref_chosen, ref_rejected = self._reduced(reference).chunk(2)
         out = self.loss.fn(chosen, rejected, ref_chosen, ref_rejected, **self.loss_kwargs)
         loss = out.losses.mean()
         if self.pref_ftx > 0:
@@ -131,8 +173,8 @@ class PreferenceTrainer(Trainer):
         policy = self._logps(model, *batch)
         with torch.no_grad():  # the KL estimate is a baseline, not a gradient path (as in TRL)
             policy_kl = self._logps(model, *kl_batch).sum
-        reference = self._reference_logps(model, *batch).sum
-        reference_kl = self._reference_logps(model, *kl_batch).sum
+        reference = self._reference(model, inputs, "", "completion", len(tags), policy.sum.dtype).sum
+        reference_kl = self._reference(model, inputs, "kl_", "kl", 0, policy.sum.dtype).sum
 
         def reduce_kl(kl: Tensor) -> Tensor:
             return self.accelerator.reduce(kl.detach().clone(), reduction="mean")

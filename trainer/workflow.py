@@ -22,8 +22,10 @@ from trainer.losses import get_loss
 from trainer.models import build_reference, compute_dtype, load_policy, load_tokenizer
 from trainer.plotting import plot_curves
 from trainer.preference_trainer import PreferenceTrainer, loss_kwargs
+from trainer.ref_cache import CacheInfo, attach, prepare
 
 logger = logging.getLogger("prefsweep")
+REF_CACHE_NAME = "ref_cache.json"  # CacheInfo of the run, for the tracking side (MLflow tags)
 
 
 @dataclass
@@ -33,6 +35,11 @@ class RunResult:
     log_history: list[dict] = field(default_factory=list)
     dataset_fingerprint: str = ""
     skipped_rows: dict[str, int] = field(default_factory=dict)
+    ref_cache: dict = field(default_factory=dict)
+    """`CacheInfo.as_dict()`: status hit|miss|off, key, path, build_seconds, rows, reason, reference_forwards
+    (of the build); `ref_cache["tags"]` are the MLflow tags."""
+    reference_forwards: int = 0
+    """Examples this process passed through the reference model: cache build plus training and evaluation."""
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -54,9 +61,19 @@ def build_trainer(cfg: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -
         data = load_preference_data(
             cfg.data, tokenizer, stage=cfg.finetuning.stage, seed=args.seed, do_train=args.do_train
         )
+        # precompute_ref always: the local main process builds the cache, the others then find it.
+        cache, tables = prepare(
+            cfg, data, tokenizer, seed=args.seed, build=cfg.finetuning.precompute_ref == "always",
+            device=args.device,
+        )
+    if tables is not None:
+        data = attach(data, tables, cache.key)
     dtype = compute_dtype(cfg.training)
     policy = load_policy(cfg.model, cfg.finetuning, dtype)
-    reference = build_reference(cfg.model, cfg.finetuning, policy, needs_reference=spec.needs_reference, dtype=dtype)
+    reference = build_reference(
+        cfg.model, cfg.finetuning, policy, needs_reference=spec.needs_reference, dtype=dtype,
+        cached=tables is not None,
+    )
     trainer = PreferenceTrainer(
         model=policy,
         args=args,
@@ -72,7 +89,7 @@ def build_trainer(cfg: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -
         logps_chunk_size=cfg.finetuning.logps_chunk_size,
         lean_head=cfg.finetuning.lean_head,
     )
-    return trainer, {"fingerprint": data.fingerprint, "skipped": dict(data.skipped)}
+    return trainer, {"fingerprint": data.fingerprint, "skipped": dict(data.skipped), "ref_cache": cache}
 
 
 def run_training(cfg: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> RunResult:
@@ -80,9 +97,16 @@ def run_training(cfg: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) ->
     trainer, facts = build_trainer(cfg, callbacks)
     args = trainer.args
     output_dir = Path(args.output_dir)
-    result = RunResult(output_dir=output_dir, dataset_fingerprint=facts["fingerprint"], skipped_rows=facts["skipped"])
+    cache: CacheInfo = facts["ref_cache"]
+    result = RunResult(
+        output_dir=output_dir,
+        dataset_fingerprint=facts["fingerprint"],
+        skipped_rows=facts["skipped"],
+        ref_cache={**cache.as_dict(), "tags": cache.tags()},
+    )
     if trainer.is_world_process_zero():
         write_atomic(output_dir / RESOLVED_CONFIG_NAME, cfg.to_yaml())
+        write_atomic(output_dir / REF_CACHE_NAME, json.dumps(result.ref_cache, indent=2))
     if args.do_train:
         train_output = trainer.train(resume_from_checkpoint=resolve_resume(cfg))
         trainer.save_model()
@@ -98,6 +122,7 @@ def run_training(cfg: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) ->
         if args.do_train:
             trainer.save_state()  # the final evaluation joins log_history
     result.log_history = list(trainer.state.log_history)
+    result.reference_forwards = cache.reference_forwards + trainer.reference_forwards
     if trainer.is_world_process_zero():
         if cfg.finetuning.plot_loss:
             plot_curves(result.log_history, output_dir)

@@ -2,6 +2,9 @@
 
 `PairwiseCollator` stacks the chosen block then the rejected block, so rows [0, B) are chosen and rows
 [B, 2B) the rejected response to the same prompts: one forward pass serves both.
+
+Both pass the reference-cache columns (`REFERENCE_COLUMNS`, joined by `trainer.ref_cache`) through as
+(B,) tensors when the features carry them: summed log-probs float64, token counts int64.
 """
 
 from __future__ import annotations
@@ -12,6 +15,29 @@ from typing import Any
 import torch
 
 from trainer.data.encoding import IGNORE_INDEX
+
+# stage -> block of forward rows -> (summed log-prob column, response token count column) per row group,
+# in the order of the rows: dpo's one forward is the chosen block then the rejected block; kto runs the
+# completions and their KL pairs as two forwards.
+REFERENCE_COLUMNS: dict[str, dict[str, list[tuple[str, str]]]] = {
+    "dpo": {"pair": [("ref_chosen_logps", "ref_chosen_count"), ("ref_rejected_logps", "ref_rejected_count")]},
+    "kto": {"completion": [("ref_logps", "ref_count")], "kl": [("ref_kl_logps", "ref_kl_count")]},
+}
+
+
+def reference_column_names(stage: str) -> list[str]:
+    return [name for pairs in REFERENCE_COLUMNS[stage].values() for pair in pairs for name in pair]
+
+
+def _reference_tensors(features: list[dict[str, Any]], stage: str) -> dict[str, torch.Tensor]:
+    """The cached reference columns present in `features`, as (B,) tensors (all or none of a stage's)."""
+    names = [name for name in reference_column_names(stage) if name in features[0]]
+    return {
+        name: torch.tensor(
+            [f[name] for f in features], dtype=torch.int64 if name.endswith("_count") else torch.float64
+        )
+        for name in names
+    }
 
 
 def _round_up(length: int, multiple: int | None) -> int:
@@ -68,13 +94,15 @@ class PairwiseCollator:
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         keys = ("chosen", "rejected")
-        return pad_sequences(
+        batch = pad_sequences(
             [f[f"{k}_input_ids"] for k in keys for f in features],
             [f[f"{k}_attention_mask"] for k in keys for f in features],
             [f[f"{k}_labels"] for k in keys for f in features],
             pad_token_id=_pad_token_id(self.tokenizer),
             pad_to_multiple_of=self.pad_to_multiple_of,
         )
+        batch.update(_reference_tensors(features, "dpo"))
+        return batch
 
 
 @dataclass
@@ -98,4 +126,5 @@ class KTOCollator:
             )
             batch.update({prefix + key: value for key, value in block.items()})
         batch["kto_tags"] = torch.tensor([bool(f["kto_tags"]) for f in features], dtype=torch.bool)
+        batch.update(_reference_tensors(features, "kto"))
         return batch
