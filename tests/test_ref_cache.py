@@ -174,7 +174,8 @@ def test_with_the_cache_no_reference_model_exists_or_runs(tiny_model, data_dir, 
     result = run_training(cfg)  # a second run: a hit, no forward at all
     assert result.ref_cache["status"] == "hit" and result.reference_forwards == 0
     assert result.ref_cache["tags"] == {"prefsweep.ref_cache": "hit", "prefsweep.ref_cache_build_s": "0.000"}
-    assert json.loads((tmp_path / "run" / "ref_cache.json").read_text())["status"] == "hit"
+    written = json.loads((tmp_path / "run" / "ref_cache.json").read_text())
+    assert (written["status"], written["run_reference_forwards"]) == ("hit", 0)
 
 
 def test_lora_with_the_cache_never_disables_the_adapters(tiny_model, data_dir, tmp_path, monkeypatch):
@@ -197,6 +198,7 @@ def test_uncached_kto_counts_one_reference_forward_per_example(tiny_model, data_
                       precompute_ref="never", max_steps=1, eval_strategy="no", do_eval=False)
     result = run_training(cfg)
     assert result.reference_forwards == 4  # one batch of 4
+    assert json.loads((tmp_path / "run" / "ref_cache.json").read_text())["run_reference_forwards"] == 4
 
 
 # ---- the key --------------------------------------------------------------------------------------------

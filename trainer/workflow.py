@@ -25,7 +25,9 @@ from trainer.preference_trainer import PreferenceTrainer, loss_kwargs
 from trainer.ref_cache import CacheInfo, attach, prepare
 
 logger = logging.getLogger("prefsweep")
-REF_CACHE_NAME = "ref_cache.json"  # CacheInfo of the run, for the tracking side (MLflow tags)
+# CacheInfo of the run plus its MLflow tags, for the tracking side; rewritten at the end with
+# run_reference_forwards (RunResult.reference_forwards of rank 0).
+REF_CACHE_NAME = "ref_cache.json"
 
 
 @dataclass
@@ -123,6 +125,9 @@ def run_training(cfg: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) ->
             trainer.save_state()  # the final evaluation joins log_history
     result.log_history = list(trainer.state.log_history)
     result.reference_forwards = cache.reference_forwards + trainer.reference_forwards
+    if trainer.is_world_process_zero():  # rank 0's count; through Ray Train this file is how it gets out
+        write_atomic(output_dir / REF_CACHE_NAME,
+                     json.dumps({**result.ref_cache, "run_reference_forwards": result.reference_forwards}, indent=2))
     if trainer.is_world_process_zero():
         if cfg.finetuning.plot_loss:
             plot_curves(result.log_history, output_dir)
