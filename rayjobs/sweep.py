@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -44,7 +45,8 @@ def storage_root(spec: SweepSpec) -> str:
     return root if "://" in root else str(Path(root).expanduser().resolve())
 
 
-def trial_driver(config: dict, *, base: dict, storage: str, sweep_name: str, tracking: dict | None) -> None:
+def trial_driver(config: dict, *, base: dict, storage: str, sweep_name: str, metric: str,
+                 tracking: dict | None) -> None:
     """One Tune trial: run the sampled config as a Ray Train job and forward its reports to Tune."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -62,6 +64,7 @@ def trial_driver(config: dict, *, base: dict, storage: str, sweep_name: str, tra
         storage_path=f"{storage.rstrip('/')}/{sweep_name}/{name}",
         tracking={**tracking, "run_name": name} if tracking else None,
         callbacks=[TuneReportCallback()],
+        metric=metric,
     )
     trainer.fit()
 
@@ -125,10 +128,9 @@ def run(source: str | Path | dict, overrides: list[str] = (), *, worker_logs: bo
     tracking = tracking_args(
         run_name="", experiment_id=experiment_id, parent_run_id=parent_run_id, log_model=spec.log_model
     )
-    # Reports before the first evaluation carry no eval metric yet; Tune would reject them.
-    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     trainable = tune.with_resources(
-        tune.with_parameters(trial_driver, base=base, storage=storage, sweep_name=spec.name, tracking=tracking),
+        tune.with_parameters(trial_driver, base=base, storage=storage, sweep_name=spec.name, metric=spec.metric,
+                             tracking=tracking),
         TRIAL_DRIVER_RESOURCES,
     )
     namer = trial_namer(base)
@@ -158,7 +160,7 @@ def run(source: str | Path | dict, overrides: list[str] = (), *, worker_logs: bo
     print(board)
     print(f"\nTrial output dirs: {Path(base['output_dir'])}/<trial>; Ray results: {storage}/{spec.name}")
     print(f"Compare the trials in MLflow: {mlflow_tracking.ui_command()}")
-    if not any(spec.metric in (r.metrics or {}) for r in grid):
+    if not any(math.isfinite((r.metrics or {}).get(spec.metric, math.nan)) for r in grid):
         print(f"warning: no trial reported {spec.metric}; check the eval settings of the base config",
               file=sys.stderr)
     for result in errors:
@@ -176,7 +178,7 @@ def trial_summaries(grid, spec: SweepSpec, base: dict) -> list:
         raw = apply_overrides(base, trial_overrides(result.config or {}))
         raw["output_dir"] = str(Path(base["output_dir"]) / name)
         cfg = load_config(raw)
-        final = (result.metrics or {}).get(spec.metric)
+        final = (result.metrics or {}).get(spec.metric, math.nan)
         summaries.append(
             TrialSummary(
                 trial=name,
@@ -184,7 +186,7 @@ def trial_summaries(grid, spec: SweepSpec, base: dict) -> list:
                 beta=cfg.finetuning.pref_beta,
                 gamma=cfg.finetuning.simpo_gamma if cfg.loss_name == "simpo" else None,
                 ftx=cfg.finetuning.pref_ftx,
-                final=float(final) if final is not None else None,
+                final=float(final) if math.isfinite(final) else None,
                 best=None,
                 config=raw,
             )

@@ -118,11 +118,13 @@ def make_torch_trainer(
     tracking: dict | None = None,
     callbacks: Sequence[Any] = (),
     progress: bool = False,
+    metric: str | None = None,
 ):
     """A `TorchTrainer` whose workers run `run_training` on the (absolute-path) raw config.
 
     `tracking`: keyword arguments of `rayjobs.tracking.MlflowLoggingCallback` but `config` (plain
-    values; the callback is built inside each worker and only rank 0 logs), or None.
+    values; the callback is built inside each worker and only rank 0 logs), or None. `metric`: a
+    sweep's metric, reported first at every step (see `rayjobs.worker.RayReportCallback`).
     """
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -139,6 +141,7 @@ def make_torch_trainer(
         "invocation": uuid.uuid4().hex,
         "progress": progress,
         "name": name,
+        "metric": metric,
         "tracking": tracking,
     }
     return TorchTrainer(

@@ -39,12 +39,28 @@ class RayReportCallback(TrainerCallback):
     all ranks with the same, already-reduced values); Ray keeps rank 0's metrics. On save, rank 0 also
     hands the checkpoint to Ray (kept under `ray.storage_path`, pruned to `ray.num_to_keep`), so a
     restarted worker group (`ray.max_failures`) resumes from it.
+
+    With a sweep `metric`, every report carries it first (NaN until it is first logged): Tune's
+    trial table shows the first reported keys, and Tune checks each result for the metric.
     """
 
-    def __init__(self, invocation: str = ""):
+    def __init__(self, invocation: str = "", metric: str | None = None):
         self.invocation = invocation
+        self.metric = metric
         self.latest: dict[str, float] = {}
         self.evaluations = 0
+
+    def _report(self, state) -> dict[str, float]:
+        report: dict[str, float] = {}
+        if self.metric:
+            report[self.metric] = self.latest.get(self.metric, math.nan)
+        report["step"] = int(state.global_step)
+        if "loss" in self.latest:
+            report["loss"] = self.latest["loss"]
+        report.update({k: v for k, v in self.latest.items() if k not in report})
+        report["epoch"] = float(state.epoch or 0.0)
+        report["evaluations"] = self.evaluations
+        return report
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         import ray.train
@@ -53,16 +69,13 @@ class RayReportCallback(TrainerCallback):
         if any(k.startswith("eval_") for k in numbers):
             self.evaluations += 1
         self.latest.update(numbers)
-        ray.train.report(
-            {**self.latest, "step": int(state.global_step), "epoch": float(state.epoch or 0.0),
-             "evaluations": self.evaluations}
-        )
+        ray.train.report(self._report(state))
 
     def on_save(self, args, state, control, **kwargs):
         import ray.train
         from transformers.trainer_utils import get_last_checkpoint
 
-        metrics = {**self.latest, "step": int(state.global_step), "evaluations": self.evaluations}
+        metrics = self._report(state)
         source = get_last_checkpoint(args.output_dir) if state.is_world_process_zero else None
         if source is None:
             ray.train.report(metrics)
@@ -127,8 +140,8 @@ def run_worker(loop_config: dict) -> None:
     """The same `run_training` as in-process, plus the Ray report callback and (rank 0) MLflow.
 
     `loop_config`: `config` (raw flat config, absolute paths), `invocation` (id of this `fit()`),
-    `progress` (draw a Ray progress bar), `name`, `tracking` (keyword arguments of
-    `MlflowLoggingCallback` but `config`, or None).
+    `progress` (draw a Ray progress bar), `name`, `metric` (a sweep's metric, or None), `tracking`
+    (keyword arguments of `MlflowLoggingCallback` but `config`, or None).
     """
     import ray.train
 
@@ -139,7 +152,7 @@ def run_worker(loop_config: dict) -> None:
     if resume is not None:
         raw = apply_overrides(raw, {"resume_from_checkpoint": resume, "overwrite_output_dir": True})
     cfg = load_config(raw)
-    callbacks: list[TrainerCallback] = [RayReportCallback(loop_config["invocation"])]
+    callbacks: list[TrainerCallback] = [RayReportCallback(loop_config["invocation"], loop_config.get("metric"))]
     if loop_config.get("progress") and ray.train.get_context().get_world_rank() == 0:
         callbacks.append(RayProgressCallback(loop_config.get("name") or cfg.output_dir.name))
     tracker = None
