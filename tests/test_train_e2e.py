@@ -180,3 +180,13 @@ def test_eval_metrics_are_prefixed_and_plotted(tiny_model, data_dir, tmp_path):
         assert "eval_" + name in evals[0]
     assert (tmp_path / "eval" / "training_eval_loss.png").is_file()
     assert "eval_rewards/accuracies" in json.loads((tmp_path / "eval" / "all_results.json").read_text())
+
+
+def test_eval_only_reference_is_the_model_and_rewards_are_dropped(tiny_model, data_dir, tmp_path):
+    """do_train false, full weights, no ref_model: the reference is the model itself (as in LLaMA-Factory),
+    so the loss is exactly log 2 and reward metrics, all 0 by construction, are not reported."""
+    result = train(tiny_model, data_dir, tmp_path / "evalonly", do_train=False, do_eval=True,
+                   eval_dataset="pairs", per_device_eval_batch_size=4)
+    assert result.metrics["eval_loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert result.metrics["eval_logps/chosen"] < 0
+    assert not [key for key in result.metrics if "rewards/" in key]

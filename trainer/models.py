@@ -118,7 +118,7 @@ def _apply_freeze(model: PreTrainedModel, ft: FinetuningArguments) -> None:
 class Reference:
     """How reference log-probs are computed. `model` is None for adapters-off, cached and reference-free."""
 
-    kind: str  # "none" | "separate" | "adapters_off" | "frozen_copy" | "cached"
+    kind: str  # "none" | "separate" | "adapters_off" | "frozen_copy" | "cached" | "self"
     model: nn.Module | None = None
 
     @property
@@ -131,6 +131,8 @@ class Reference:
         if self.kind == "adapters_off":
             with policy.disable_adapter():
                 yield policy
+        elif self.kind == "self":
+            yield policy
         elif self.model is not None:
             yield self.model
         elif self.kind == "cached":
@@ -141,13 +143,20 @@ class Reference:
 
 def build_reference(
     model_args: ModelArguments, ft: FinetuningArguments, policy: nn.Module, *, needs_reference: bool, dtype,
-    cached: bool = False,
+    cached: bool = False, training: bool = True,
 ) -> Reference:
-    """`cached`: the reference log-probs are joined to the dataset; no model is loaded or copied."""
+    """`cached`: the reference log-probs are joined to the dataset; no model is loaded or copied.
+
+    Evaluation only (`training=False`) of full/freeze weights with no `ref_model`: the starting weights
+    *are* the model, so the reference is the model itself (no copy) and reward metrics mean nothing;
+    the workflow drops them, as LLaMA-Factory does.
+    """
     if not needs_reference:
         return Reference("none")
     if cached:
         return Reference("cached")
+    if not training and not model_args.ref_model and ft.finetuning_type != "lora":
+        return Reference("self")
     if model_args.ref_model:
         ref = load_causal_lm(model_args.ref_model, model_args, dtype)
     elif ft.finetuning_type == "lora":

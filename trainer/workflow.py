@@ -74,7 +74,7 @@ def build_trainer(cfg: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -
     policy = load_policy(cfg.model, cfg.finetuning, dtype)
     reference = build_reference(
         cfg.model, cfg.finetuning, policy, needs_reference=spec.needs_reference, dtype=dtype,
-        cached=tables is not None,
+        cached=tables is not None, training=args.do_train,
     )
     trainer = PreferenceTrainer(
         model=policy,
@@ -118,6 +118,8 @@ def run_training(cfg: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) ->
         result.metrics.update(train_output.metrics)
     if args.do_eval and trainer.eval_dataset is not None:
         eval_metrics = trainer.evaluate(metric_key_prefix="eval")
+        if trainer.reference.kind == "self":  # policy == reference: rewards are 0 by construction
+            eval_metrics = {k: v for k, v in eval_metrics.items() if "rewards/" not in k}
         trainer.log_metrics("eval", eval_metrics)
         trainer.save_metrics("eval", eval_metrics)
         result.metrics.update(eval_metrics)
