@@ -3,17 +3,21 @@
 Where runs go: `MLFLOW_TRACKING_URI` (default `sqlite:///<absolute cwd>/mlflow.db`; absolute because Ray
 workers run in other working directories) and `MLFLOW_EXPERIMENT_NAME` (default "prefsweep"). The driver
 calls `ensure_experiment()` once and hands `tracking_uri()` and the experiment id to the workers; workers
-never resolve the store themselves.
+never resolve the store themselves (unless the driver found it down: then rank 0 resolves the experiment
+by name when the store is back).
 
 A trial's run holds the resolved config as flattened params (secrets redacted), every metric the trainer
 logs at its step, the PNG curves, `resolved_config.yaml`, `trainer_state.json` and tags (loss, git commit,
-dataset fingerprint, Ray job). Only rank 0 logs: other ranks' callbacks never open a client.
+dataset fingerprint, Ray job). Only rank 0 logs: other ranks' callbacks never open a client. Rank 0 logs
+through an on-disk spool and a background sender (`rayjobs.mlflow_spool`), so a tracking outage neither
+stops nor slows training and loses no point; `prefsweep mlflow-sync OUTPUT_DIR` replays what is left.
 """
 
 from __future__ import annotations
 
 import getpass
 import json
+import logging
 import math
 import os
 import re
@@ -21,7 +25,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +80,8 @@ _HF_TOKEN = re.compile(r"\bhf_[A-Za-z0-9]{20,}\b")
 _URL_PASSWORD = re.compile(r"(://[^/\s:@]+:)[^/\s@]+@")
 _BAD_KEY_CHARS = re.compile(r"[^/\w.\- ]")
 
+logger = logging.getLogger("prefsweep.mlflow")
+
 
 # ----------------------------------------------------------------------------------------------- store
 
@@ -111,15 +116,16 @@ def _local_artifact_location(uri: str, name: str) -> str | None:
     return None  # servers choose their own artifact store (`--artifacts-destination`)
 
 
-def ensure_experiment(name: str | None = None) -> str:
+def ensure_experiment(name: str | None = None, uri: str | None = None) -> str:
     """Id of experiment `name` (default `experiment_name()`), created with the experiment-kind tag if missing.
 
     Called once, by the driver, before any worker starts, so that a fresh SQLite file is created and
     migrated by one process. An existing experiment that lacks the kind tag gets it; one that has
-    another kind keeps it (a user's choice). A deleted experiment of that name is restored.
+    another kind keeps it (a user's choice). A deleted experiment of that name is restored. `uri`: the
+    store (default `tracking_uri()`).
     """
     name = name or experiment_name()
-    uri = tracking_uri()
+    uri = uri or tracking_uri()
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
@@ -272,83 +278,149 @@ def _with_retries(call, *args, tries: int = 4, **kwargs):
 
 
 class MlflowLoggingCallback(TrainerCallback):
-    """Records one training run in MLflow from inside the Hugging Face Trainer, on rank 0 only.
+    """Records one training run in MLflow from inside the Hugging Face Trainer, on rank 0 only, and never
+    lets the tracking store stop or slow the training.
 
-    `on_train_begin` creates the run (a child of `parent_run_id` when given; an existing child of that
-    name is reused, so a restarted trial keeps one run) or attaches to `run_id` (or to the run that
-    `ensure_run()` made on the driver), and logs params and tags; `on_log` logs every finite number at `state.global_step`; `finalize_run`, called after the
-    trainer wrote its files, uploads plots, config and state and ends the run. The object is picklable
-    until `on_train_begin` and after (the client is not pickled).
+    Everything goes first to an on-disk spool in the output dir (`mlflow_spool.jsonl`, one fsync'd line per
+    logging step) and is sent by a background thread (`rayjobs.mlflow_spool`), retried while the store is
+    down; whatever is unsent when the run ends stays there for `prefsweep mlflow-sync OUTPUT_DIR`.
+
+    `on_train_begin` opens the spool and the run: a child of `parent_run_id` when given (an existing child
+    of that name is reused, so a restarted trial keeps one run), or the run `run_id` names (or that
+    `ensure_run()` made on the driver); params and tags are logged. If the store is down the run is created
+    when it comes back (in experiment `experiment_id`, or by `experiment_name` when the driver could not
+    resolve one). `on_log` spools every finite number at `state.global_step`; `finalize_run`, called after
+    the trainer wrote its files, spools plots, config, state and the end of the run and waits up to
+    `flush_timeout_s` for a failing store. The object is picklable before, during and after (the client,
+    the spool and its thread are not pickled).
     """
 
     def __init__(
         self,
         *,
         tracking_uri: str,
-        experiment_id: str,
+        experiment_id: str | None,
         run_name: str,
         parent_run_id: str | None = None,
         run_id: str | None = None,
         config: dict,
         tags: dict[str, str] | None = None,
         log_model: bool = False,
+        experiment_name: str | None = None,
+        flush_timeout_s: float | None = None,
     ):
+        from rayjobs import mlflow_spool
+
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
+        self.experiment_name = experiment_name or _env_experiment_name()
         self.run_name = run_name
         self.parent_run_id = parent_run_id
         self.run_id = run_id
         self.config = config
         self.tags = dict(tags or {})
         self.log_model = log_model
-        self.dropped_log_batches = 0
-        self._client: MlflowClient | None = None  # set on rank 0 only, by on_train_begin
+        self.flush_timeout_s = mlflow_spool.FLUSH_TIMEOUT_S if flush_timeout_s is None else flush_timeout_s
+        self._client: MlflowClient | None = None  # the driver's, after ensure_run()
+        self._spool = None  # rank 0, from on_train_begin to finalize_run
+        self._sender = None
+        self._last_timestamp = 0
+        self._dropped = 0  # dropped_log_batches once the spool is closed
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_client": None}
+        return {**self.__dict__, "_client": None, "_spool": None, "_sender": None}
 
-    def ensure_run(self) -> str:
-        """Create (or find) the run now, log params and tags, and return its id.
+    @property
+    def dropped_log_batches(self) -> int:
+        """Metric batches the store refused for good (not outages: those are retried)."""
+        if self._spool is None:
+            return self._dropped
+        return sum(1 for d in self._spool.state.dropped if d["item"] == "metrics")
+
+    @property
+    def spool_path(self) -> Path | None:
+        return self._spool.path if self._spool is not None else None
+
+    def ensure_run(self) -> str | None:
+        """Create (or find) the run now, log params and tags, and return its id; None if the store is
+        unreachable (the first worker then creates it when the store is back).
 
         Optional; call it on the driver before handing the callback to Ray Train: workers then attach
         to this run, so a restarted worker group (`max_failures`) keeps one run instead of opening a
         second, and the driver can still end the run (`finalize_run(status="FAILED")`) if no worker
         ever started. Without it, rank 0's `on_train_begin` does the same.
         """
+        from rayjobs.mlflow_spool import fail_fast_http, is_permanent
+
         if self._client is None:
-            self._open()
+            fail_fast_http(self.tracking_uri)
+            try:
+                self._open_now()
+            except Exception as err:  # noqa: BLE001
+                self._client = None
+                if is_permanent(err):
+                    raise
+                logger.warning("MLflow at %s is unreachable (%s); the run will be created when it is back",
+                               self.tracking_uri, str(err).splitlines()[0] if str(err) else err)  # fmt: skip
         return self.run_id
 
-    def on_train_begin(self, args, state, control, **kwargs):
-        if state.is_world_process_zero and self._client is None:
-            self._open()
+    def _run_tags(self) -> dict[str, str]:
+        return {**run_context_tags(), TAG_TRIAL: self.run_name, **self._default_tags(), **self.tags}
 
-    def _open(self) -> None:
-        self._client = MlflowClient(self.tracking_uri)
-        tags = {**run_context_tags(), TAG_TRIAL: self.run_name, **self._default_tags(), **self.tags}
-        if self.run_id is None and self.parent_run_id is not None:
-            self.run_id = self._find_child()
-        if self.run_id is None:
-            run = _with_retries(
-                self._client.create_run, self.experiment_id, run_name=self.run_name, tags=tags
-            )
-            self.run_id = run.info.run_id
-            logged: dict[str, str] = {}
+    def _open_now(self) -> None:
+        """The driver's synchronous open (no spool: the driver has no output dir of its own)."""
+        client = self._client = MlflowClient(self.tracking_uri)
+        experiment_id = self.experiment_id or ensure_experiment(self.experiment_name, uri=self.tracking_uri)
+        tags = self._run_tags()
+        run_id = self.run_id
+        if run_id is None and self.parent_run_id is not None:
+            run_id = find_child_run(client, experiment_id, self.parent_run_id, self.run_name)
+        if run_id is None:
+            run = _with_retries(client.create_run, experiment_id, run_name=self.run_name, tags=tags)
+            run_id, logged = run.info.run_id, {}
         else:
-            _with_retries(self._client.update_run, self.run_id, status="RUNNING")
-            logged = self._client.get_run(self.run_id).data.params
+            _with_retries(client.update_run, run_id, status="RUNNING")
+            logged = client.get_run(run_id).data.params
+        self.run_id = run_id
         params = flatten_params(self.config)
         changed = sorted(k for k, v in params.items() if k in logged and logged[k] != v)
         if changed:
-            warnings.warn(
-                f"MLflow run {self.run_id} keeps its first values of params {changed}", stacklevel=2
-            )
+            logger.warning("MLflow run %s keeps its first values of params %s", run_id, changed)
         _with_retries(
-            self._client.log_batch,
-            self.run_id,
+            client.log_batch,
+            run_id,
             params=[Param(k, v) for k, v in params.items() if k not in logged],
             tags=[RunTag(k, str(v)) for k, v in tags.items()],
         )
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero or self._spool is not None:
+            return
+        from rayjobs import mlflow_spool
+
+        mlflow_spool.fail_fast_http(self.tracking_uri)
+        header = {
+            "tracking_uri": self.tracking_uri,
+            "experiment_id": self.experiment_id,
+            "experiment_name": self.experiment_name,
+            "run_name": self.run_name,
+            "parent_run_id": self.parent_run_id,
+            "run_id": self.run_id,
+            "params": flatten_params(self.config),
+            "tags": self._run_tags(),
+        }
+        self._spool = spool = mlflow_spool.Spool.open(Path(args.output_dir), header)
+        self._last_timestamp = spool.state.last_timestamp
+        self.run_id = spool.state.run_id or self.run_id
+        delivery = mlflow_spool.Delivery(spool, self.tracking_uri, on_run=self._run_created)
+        self._sender = mlflow_spool.Sender(delivery)
+        self._sender.start()
+        # A healthy store has the run before the first step (a dead one fails at once, a hung one is
+        # given OPEN_WAIT_S); the sender keeps retrying either way.
+        self._sender.wait_sent(spool.state.items[-1]["seq"], mlflow_spool.OPEN_WAIT_S)
+
+    def _run_created(self, run_id: str) -> None:
+        self.run_id = run_id
 
     def _default_tags(self) -> dict[str, str]:
         tags = {TAG_KIND: "trial" if self.parent_run_id else "run"}
@@ -359,59 +431,81 @@ class MlflowLoggingCallback(TrainerCallback):
             tags[TAG_LOSS] = str(loss)
         return tags
 
-    def _find_child(self) -> str | None:
-        if "'" in self.run_name:
-            return None
-        runs = self._client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.parent_run_id}' "
-            f"and attributes.run_name = '{self.run_name}'",
-            max_results=1,
-        )
-        return runs[0].info.run_id if runs else None
-
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if self._client is None or not logs:
+        if self._spool is None or not logs:
             return
-        now, step = int(time.time() * 1000), int(state.global_step)
+        # Strictly increasing per run: two logs of one key at one step (a train and an eval log of
+        # `epoch`) stay two points, and a resent point is recognisably the same point.
+        now = self._last_timestamp = max(int(time.time() * 1000), self._last_timestamp + 1)
+        step = int(state.global_step)
         metrics = [
-            Metric(_param_key(k), float(v), now, step)
+            [_param_key(k), float(v), now, step]
             for k, v in logs.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
         ]
-        if not metrics:
-            return
+        if metrics:
+            self._spool_item({"op": "metrics", "metrics": metrics})
+
+    def flush(self, timeout_s: float | None = None) -> bool:
+        """Wait until everything spooled so far is sent (see `finalize_run`); True when it is."""
+        if self._sender is None:
+            return True
+        return self._sender.flush(self.flush_timeout_s if timeout_s is None else timeout_s)
+
+    def _spool_item(self, record: dict) -> None:
         try:
-            _with_retries(self._client.log_batch, self.run_id, metrics=metrics)
-        except MlflowException as err:  # a lost point must not end a training run; counted in a tag
-            self.dropped_log_batches += 1
-            warnings.warn(f"MLflow dropped the metrics of step {step}: {err}", stacklevel=2)
+            item = self._spool.append(record)
+        except OSError as err:  # a full disk must not end the run either; the point is lost, say so
+            logger.warning("MLflow spool %s not written (%s): %s lost", self._spool.path, err, record["op"])
+            return
+        self._sender.put(item)
 
     def finalize_run(
         self, output_dir: Path, dataset_fingerprint: str | None = None, status: str = "FINISHED"
     ) -> None:
-        """Upload the run's files from `output_dir`, set the last tags and end the run (rank 0; else no-op)."""
+        """Spool the run's files from `output_dir`, the last tags and the end of the run, and wait (up to
+        `flush_timeout_s` while the store fails) for them to be sent (rank 0; else no-op). Never raises
+        for the store: what is not sent stays in the spool, and the log says how to replay it."""
+        if self._spool is None:
+            self._end_on_driver(status)
+            return
+        spool, sender, output_dir = self._spool, self._sender, Path(output_dir)
+        try:
+            files = [png.name for png in sorted(output_dir.glob("training_*.png"))]
+            files += [name for name in RUN_FILES if (output_dir / name).is_file()]
+            where = [[_relative(output_dir / name, spool.path.parent), None] for name in files]
+            if self.log_model:
+                where += [[_relative(p, spool.path.parent), "model"] for p in _model_files(output_dir)]
+            texts = {RESOLVED_CONFIG_NAME: self._resolved_config_yaml(output_dir)}
+            self._spool_item({"op": "artifacts", "files": where, "texts": texts})
+            tags = {TAG_DATASET_FINGERPRINT: dataset_fingerprint} if dataset_fingerprint else {}
+            self._spool_item({"op": "tags", "tags": tags, "count_dropped": True})
+            self._spool_item({"op": "end", "status": status})
+            sent = sender.flush(self.flush_timeout_s)
+        finally:
+            sender.stop()
+            self._dropped = self.dropped_log_batches
+            spool.close()
+            self._spool = self._sender = None
+        unsent = spool.state.unsent()
+        if not sent and unsent:
+            points = sum(len(i.get("metrics", ())) for i in unsent)
+            logger.warning(
+                "MLflow: %d metric points and %d other items of run %s (%s) were not sent; they are kept in "
+                "%s. When the tracking server is back, run: prefsweep mlflow-sync %s",
+                points, sum(1 for i in unsent if i["op"] != "metrics"), self.run_name, self.run_id or "not yet created",
+                spool.path, spool.path.parent,
+            )  # fmt: skip
+
+    def _end_on_driver(self, status: str) -> None:
+        """The driver's callback, when no worker ever started: end the run `ensure_run()` made."""
         if self._client is None:
             return
-        client, run_id, output_dir = self._client, self.run_id, Path(output_dir)
         try:
-            for png in sorted(output_dir.glob("training_*.png")):
-                client.log_artifact(run_id, str(png))
-            client.log_text(run_id, self._resolved_config_yaml(output_dir), RESOLVED_CONFIG_NAME)
-            for name in RUN_FILES:
-                if (output_dir / name).is_file():
-                    client.log_artifact(run_id, str(output_dir / name))
-            if self.log_model:
-                for path in _model_files(output_dir):
-                    client.log_artifact(run_id, str(path), artifact_path="model")
-            tags = [RunTag(TAG_DATASET_FINGERPRINT, dataset_fingerprint)] if dataset_fingerprint else []
-            if self.dropped_log_batches:
-                tags.append(RunTag(TAG_DROPPED_LOG_BATCHES, str(self.dropped_log_batches)))
-            if tags:
-                _with_retries(client.log_batch, run_id, tags=tags)
-        finally:
-            _with_retries(client.set_terminated, run_id, status=status)
-            self._client = None
+            _with_retries(self._client.set_terminated, self.run_id, status=status)
+        except Exception as err:  # noqa: BLE001
+            logger.warning("MLflow: could not end run %s as %s: %s", self.run_id, status, err)
+        self._client = None
 
     def _resolved_config_yaml(self, output_dir: Path) -> str:
         """The trainer's own resolved config when it wrote one (secrets redacted), else ours."""
@@ -424,6 +518,30 @@ class MlflowLoggingCallback(TrainerCallback):
             except yaml.YAMLError:
                 pass
         return _dump_yaml(self.config)
+
+
+def _env_experiment_name() -> str:
+    return experiment_name()
+
+
+def _relative(path: Path, root: Path) -> str:
+    """`path` relative to the spool's folder when inside it (so a moved output dir still syncs)."""
+    try:
+        return str(path.resolve().relative_to(root.resolve()))
+    except ValueError:
+        return str(path.resolve())
+
+
+def find_child_run(client: MlflowClient, experiment_id: str, parent_run_id: str, run_name: str) -> str | None:
+    """The run named `run_name` under `parent_run_id`, if any."""
+    if "'" in run_name:
+        return None
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}' and attributes.run_name = '{run_name}'",
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
 
 
 def _model_files(output_dir: Path) -> list[Path]:

@@ -471,9 +471,10 @@ def test_a_run_created_on_the_driver_survives_a_worker_restart(store, tmp_path):
     assert sorted((m.step, m.value) for m in history)[-1] == (3, 0.5)
 
 
-def test_a_failed_metric_write_warns_and_is_counted_not_raised(store, tmp_path):
+def test_a_refused_metric_write_warns_and_is_counted_not_raised(store, tmp_path, caplog):
     """Training must outlive a tracking hiccup: here the run is deleted under the callback, MLflow refuses
-    the step's batch, the callback warns and counts it, and the count is tagged once the run is back."""
+    the step's batch for good (not an outage: no retry), the sender warns and counts it, and the count is
+    tagged once the run is back."""
     exp_id = tracking.ensure_experiment()
     callback = MlflowLoggingCallback(
         tracking_uri=tracking.tracking_uri(), experiment_id=exp_id, run_name="hiccup", config=make_config()
@@ -482,8 +483,10 @@ def test_a_failed_metric_write_warns_and_is_counted_not_raised(store, tmp_path):
     callback.on_train_begin(args, state, control)
     store.delete_run(callback.run_id)
     state.global_step = 1
-    with pytest.warns(UserWarning, match="MLflow dropped the metrics of step 1"):
-        callback.on_log(args, state, control, logs={"loss": 0.69})
+    callback.on_log(args, state, control, logs={"loss": 0.69})
+    assert callback.flush(timeout_s=10)
+    assert "MLflow refused the metrics of step 1" in caplog.text
+    assert callback.dropped_log_batches == 1
     store.restore_run(callback.run_id)
     state.global_step = 2
     callback.on_log(args, state, control, logs={"loss": 0.5})
@@ -491,6 +494,7 @@ def test_a_failed_metric_write_warns_and_is_counted_not_raised(store, tmp_path):
     run = store.get_run(callback.run_id)
     assert run.data.tags["prefsweep.dropped_log_batches"] == "1"
     assert [(m.step, m.value) for m in store.get_metric_history(callback.run_id, "loss")] == [(2, 0.5)]
+    assert run.info.status == "FINISHED"
 
 
 def test_only_transient_store_errors_are_retried(monkeypatch):

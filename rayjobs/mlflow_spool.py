@@ -1,0 +1,593 @@
+"""An on-disk spool between a run's MLflow callback and the tracking store, so that training never waits on,
+or dies with, the tracking server; and `prefsweep mlflow-sync OUTPUT_DIR`, which replays what is left.
+
+    training thread (on_log)                          sender (daemon thread)
+      append one JSON line, fsync  -->  <output_dir>/mlflow_spool.jsonl  <--  "run" / "sent" markers
+      hand the item over (never blocks)  -->  bounded deque  -->  log_batch (steps coalesced),
+                                                                  retried with bounded backoff
+
+Every param, tag, metric point, artifact list and the final status is an *item* with a sequence number,
+delivered strictly in order; a `sent` marker records the last item that reached the store. A metric
+point is (key, value, timestamp, step) with the timestamp fixed when it is spooled, so sending it twice
+is harmless on SQL stores (the point is their primary key; MLflow skips existing ones) and `mlflow-sync`
+additionally drops points already in the run's history: replays never duplicate.
+
+When the server is down at the start the run is created later (tagged with the spool's id, so a create
+whose answer was lost is found instead of repeated). A restarted worker with the same run identity
+resumes the spool; a spool left by a finished or different run is moved aside (`mlflow_spool.N.jsonl`)
+if anything in it was not sent, so `mlflow-sync` still finds it.
+
+Not safe to run `mlflow-sync` on a directory whose run is still training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import itertools
+import json
+import logging
+import os
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+
+from rayjobs import tracking
+
+logger = logging.getLogger("prefsweep.mlflow")
+
+SPOOL_NAME = "mlflow_spool.jsonl"
+SPOOL_GLOB = "mlflow_spool*.jsonl"
+TAG_SPOOL_ID = "prefsweep.spool_id"
+FLUSH_TIMEOUT_S = 30.0
+OPEN_WAIT_S = 2.0  # how long the start of training waits for the run to be opened
+MAX_PENDING = 10_000  # items held in memory; past that the spool file is the queue
+MAX_METRICS_PER_REQUEST = 1000  # MLflow's log_batch limit
+BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 8.0)  # then 8 s between tries for as long as the outage lasts
+# MLflow answers these for requests that will never succeed as sent; anything else (connection refused,
+# timeouts, 5xx, SQLite locked, auth) may pass later, so it is retried and, failing that, stays spooled.
+PERMANENT_ERRORS = {
+    "BAD_REQUEST",
+    "INVALID_PARAMETER_VALUE",
+    "RESOURCE_DOES_NOT_EXIST",
+    "RESOURCE_ALREADY_EXISTS",
+    "INVALID_STATE",
+}
+ITEM_OPS = ("open", "metrics", "tags", "artifacts", "end")  # sent in order; "run"/"sent"/"dropped" are notes
+
+
+def fail_fast_http(uri: str) -> None:
+    """Make MLflow's HTTP client give up on a dead server at once (its defaults: 7 retries with backoff and
+    a 120 s timeout, minutes per call): the sender retries on its own schedule. Process-wide (MLflow reads
+    these per request), and only where the user has not set them."""
+    if uri.startswith(("http://", "https://")):
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+
+def is_permanent(err: BaseException) -> bool:
+    return isinstance(err, MlflowException) and err.error_code in PERMANENT_ERRORS
+
+
+def metric_points(item: dict) -> int:
+    return len(item["metrics"]) if item["op"] == "metrics" else 0
+
+
+# ----------------------------------------------------------------------------------------------- file
+
+
+@dataclass
+class SpoolState:
+    """What a spool file says: the run it belongs to, its items, and how far delivery got."""
+
+    path: Path
+    header: dict = field(default_factory=dict)  # the last "open" item
+    run_id: str | None = None
+    items: list[dict] = field(default_factory=list)
+    sent_upto: int = 0  # every item with seq <= this reached the store or was refused
+    dropped: list[dict] = field(default_factory=list)
+    last_timestamp: int = 0
+
+    @classmethod
+    def load(cls, path: Path) -> SpoolState:
+        state = cls(Path(path))
+        for line in Path(path).read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:  # a line torn by a crash mid-write: the items before it are intact
+                continue
+            op = record.get("op")
+            if op in ITEM_OPS:
+                state.items.append(record)
+                if op == "open":
+                    state.header = record
+                    state.run_id = state.run_id or record.get("run_id")
+                for _key, _value, ts, _step in record.get("metrics", ()):
+                    state.last_timestamp = max(state.last_timestamp, ts)
+            elif op == "run":
+                state.run_id = record["run_id"]
+            elif op == "sent":
+                state.sent_upto = max(state.sent_upto, record["upto"])
+            elif op == "dropped":
+                state.dropped.append(record)
+        return state
+
+    @property
+    def next_seq(self) -> int:
+        return self.items[-1]["seq"] + 1 if self.items else 1
+
+    def unsent(self) -> list[dict]:
+        return [item for item in self.items if item["seq"] > self.sent_upto]
+
+    def ended(self) -> bool:
+        return any(item["op"] == "end" for item in self.items)
+
+
+def _identity(header: dict) -> tuple:
+    experiment = header.get("experiment_id") or f"name:{header.get('experiment_name')}"
+    return (header.get("tracking_uri"), experiment, header.get("run_name"), header.get("parent_run_id"))
+
+
+class Spool:
+    """The append-only file: one JSON object a line, written with one `write` (O_APPEND) so the sender's
+    markers and the training thread's items never interleave within a line."""
+
+    def __init__(self, state: SpoolState):
+        self.state = state
+        self.path = state.path
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(cls, output_dir: Path, header: dict) -> Spool:
+        """The spool of `output_dir`, resumed when it belongs to the same run and that run has not ended;
+        otherwise a fresh one (an old spool with unsent items is moved aside for `mlflow-sync`)."""
+        output_dir = Path(output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        path = output_dir / SPOOL_NAME
+        state = SpoolState.load(path) if path.is_file() else SpoolState(path)
+        given = header.get("run_id")
+        same = (
+            state.items
+            and not state.ended()
+            and _identity(state.header) == _identity(header)
+            and (given is None or given == (state.header.get("run_id") or state.run_id))
+        )
+        if state.items and not same:
+            if state.unsent():
+                n = 1
+                while (output_dir / f"mlflow_spool.{n}.jsonl").exists():
+                    n += 1
+                path.rename(output_dir / f"mlflow_spool.{n}.jsonl")
+                logger.warning("MLflow: unsent items of an earlier run moved to %s (replay: prefsweep "
+                               "mlflow-sync %s)", output_dir / f"mlflow_spool.{n}.jsonl", output_dir)
+            else:
+                path.unlink()
+            state = SpoolState(path)
+        spool = cls(state)
+        spool_id = state.header.get("spool_id") or uuid.uuid4().hex
+        spool.append({**header, "op": "open", "spool_id": spool_id})
+        return spool
+
+    def _write(self, record: dict, *, sync: bool) -> None:
+        line = (json.dumps(record, separators=(",", ":")) + "\n").encode("utf-8")
+        with self._lock:
+            if self._fd < 0:
+                return
+            os.write(self._fd, line)
+            if sync:
+                os.fsync(self._fd)
+
+    def append(self, record: dict) -> dict:
+        """Give `record` the next sequence number, write and fsync it; returns the item."""
+        with self._lock:
+            item = {"seq": self.state.next_seq, **record}
+            self.state.items.append(item)
+            if item["op"] == "open":
+                self.state.header = item
+        self._write(item, sync=True)
+        return item
+
+    def mark_run(self, run_id: str) -> None:
+        self.state.run_id = run_id
+        self._write({"op": "run", "run_id": run_id}, sync=True)
+
+    def mark_sent(self, upto: int) -> None:
+        self.state.sent_upto = max(self.state.sent_upto, upto)
+        self._write({"op": "sent", "upto": upto}, sync=False)  # lost markers only cost a deduped resend
+
+    def mark_dropped(self, item: dict, err: BaseException) -> None:
+        note = {"op": "dropped", "seq": item["seq"], "item": item["op"], "error": str(err)[:500]}
+        self.state.dropped.append(note)
+        self._write(note, sync=False)
+        self.mark_sent(item["seq"])
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+
+
+# ------------------------------------------------------------------------------------------- delivery
+
+
+class Delivery:
+    """Sends spooled items to the store; `dedupe` (for `mlflow-sync`) first drops points the run's history
+    already holds, which covers stores without the SQL primary key and spools whose markers were lost."""
+
+    def __init__(self, spool: Spool, tracking_uri: str, *, dedupe: bool = False, on_run=None):
+        self.spool = spool
+        self.client = MlflowClient(tracking_uri)
+        self.dedupe = dedupe
+        self.on_run = on_run
+        self._history: dict[str, set] = {}
+        self.points_sent = 0
+        self.points_present = 0
+
+    @property
+    def run_id(self) -> str | None:
+        return self.spool.state.run_id
+
+    def deliver(self, items: list[dict]) -> None:
+        """Send `items` (consecutive, in order); raises what MLflow raised. Several items only for metrics."""
+        op = items[0]["op"]
+        if op == "open":
+            self._open(items[0])
+            return
+        if self.run_id is None:
+            raise MlflowException("the run was never created", error_code="TEMPORARILY_UNAVAILABLE")
+        if op == "metrics":
+            metrics = [Metric(k, v, ts, step) for item in items for k, v, ts, step in item["metrics"]]
+            new = metrics
+            if self.dedupe:
+                new = [m for m in metrics if (m.step, m.timestamp, m.value) not in self._logged(m.key)]
+            if new:
+                self.client.log_batch(self.run_id, metrics=new)
+            self.points_sent += len(new)
+            self.points_present += len(metrics) - len(new)
+        elif op == "tags":
+            tags = dict(items[0]["tags"])
+            dropped = sum(1 for d in self.spool.state.dropped if d["item"] == "metrics")
+            if items[0].get("count_dropped") and dropped:
+                tags[tracking.TAG_DROPPED_LOG_BATCHES] = str(dropped)
+            if tags:
+                self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        elif op == "artifacts":
+            root = self.spool.path.parent  # the output dir, wherever it has moved since
+            for name, artifact_path in items[0]["files"]:
+                if (root / name).is_file():
+                    self.client.log_artifact(self.run_id, str(root / name), artifact_path=artifact_path)
+            for name, text in items[0].get("texts", {}).items():
+                self.client.log_text(self.run_id, text, name)
+        elif op == "end":
+            self.client.set_terminated(self.run_id, status=items[0]["status"])
+
+    def _logged(self, key: str) -> set:
+        if key not in self._history:
+            history = self.client.get_metric_history(self.run_id, key)
+            self._history[key] = {(m.step, m.timestamp, m.value) for m in history}
+        return self._history[key]
+
+    def _open(self, item: dict) -> None:
+        """Find or create the run, then log params not yet logged (a run keeps its first values) and tags."""
+        client, created = self.client, False
+        run_id = self.run_id or item.get("run_id") or self._find(item)
+        if run_id is not None:
+            try:
+                run = client.get_run(run_id)
+            except MlflowException as err:
+                if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+                    raise
+                logger.warning("MLflow: run %s is not in %s; creating a new one", run_id, client.tracking_uri)
+                run_id = self._find(item)
+                run = client.get_run(run_id) if run_id else None
+        if run_id is None:
+            experiment_id = self._experiment_id(item)
+            tags = {**item["tags"], TAG_SPOOL_ID: item["spool_id"]}
+            run = client.create_run(experiment_id, run_name=item["run_name"], tags=tags)
+            run_id, created = run.info.run_id, True
+        if run_id != self.run_id:
+            self.spool.mark_run(run_id)
+            if self.on_run is not None:
+                self.on_run(run_id)
+        if not created:
+            client.update_run(run_id, status="RUNNING")
+        logged = run.data.params
+        changed = sorted(k for k, v in item["params"].items() if k in logged and logged[k] != v)
+        if changed:
+            logger.warning("MLflow run %s keeps its first values of params %s", run_id, changed)
+        client.log_batch(
+            run_id,
+            params=[Param(k, v) for k, v in item["params"].items() if k not in logged],
+            tags=[RunTag(k, str(v)) for k, v in item["tags"].items()],
+        )
+
+    def _experiment_id(self, item: dict) -> str:
+        """The driver's experiment id; when the driver could not reach the store, the experiment by name."""
+        if item.get("experiment_id"):
+            return item["experiment_id"]
+        return tracking.ensure_experiment(item.get("experiment_name"), uri=self.client.tracking_uri)
+
+    def _find(self, item: dict) -> str | None:
+        """A run this spool created before (its create answer lost), else the parent's child of this name."""
+        experiment_id = self._experiment_id(item)
+        runs = self.client.search_runs(
+            [experiment_id], filter_string=f"tags.`{TAG_SPOOL_ID}` = '{item['spool_id']}'", max_results=1
+        )
+        if runs:
+            return runs[0].info.run_id
+        if item.get("parent_run_id"):
+            return tracking.find_child_run(self.client, experiment_id, item["parent_run_id"], item["run_name"])
+        return None
+
+
+def _groups(items: list[dict], single_upto: int = 0):
+    """Consecutive metrics items share one request (up to MLflow's 1000 points); other items go alone."""
+    group: list[dict] = []
+    for item in items:
+        if group and (
+            item["op"] != "metrics"
+            or group[0]["op"] != "metrics"
+            or item["seq"] <= single_upto
+            or sum(map(metric_points, group)) + metric_points(item) > MAX_METRICS_PER_REQUEST
+        ):
+            yield group
+            group = []
+        group.append(item)
+        if item["op"] != "metrics" or item["seq"] <= single_upto:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
+# --------------------------------------------------------------------------------------------- sender
+
+
+class Sender(threading.Thread):
+    """Drains unsent items in the background: one request at a time, in order, retried with bounded backoff
+    while the store fails; warns once when an outage starts and once when its backlog has been replayed."""
+
+    def __init__(self, delivery: Delivery):
+        super().__init__(name=f"mlflow-spool:{delivery.spool.path.parent.name}", daemon=True)
+        self.delivery = delivery
+        self.spool = delivery.spool
+        self._cv = threading.Condition()
+        self._stop_event = threading.Event()
+        self._pending: collections.deque[dict] = collections.deque()
+        self._spilled = False  # items beyond MAX_PENDING live only in the spool file
+        self._busy = False
+        self._single_upto = 0  # a refused group is retried item by item, so only the bad item is dropped
+        self.gave_up: str | None = None  # the run could not be created: everything stays spooled
+        self.failures = 0  # consecutive
+        self.retried = 0  # transient failures in all
+        self._outage_since: float | None = None
+        self._outage_logged = False
+        self._replay: dict | None = None
+        self._reload()
+
+    def _reload(self) -> None:
+        unsent = self.spool.state.unsent()
+        self._pending.extend(unsent[:MAX_PENDING])
+        self._spilled = len(unsent) > MAX_PENDING
+
+    def put(self, item: dict) -> None:
+        """Hand over an item already written to the spool; never blocks on the store."""
+        with self._cv:
+            if self._pending and item["seq"] <= self._pending[-1]["seq"]:
+                return  # already read back from the spool file
+            if self._spilled or len(self._pending) >= MAX_PENDING:
+                self._spilled = True
+            else:
+                self._pending.append(item)
+            self._cv.notify_all()
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            with self._cv:
+                while not self._stop_event.is_set() and (self.gave_up or not (self._pending or self._spilled)):
+                    self._cv.wait()
+                if self._stop_event.is_set():
+                    return
+                if not self._pending:
+                    self._spilled = False
+                    self._reload()
+                    continue
+                group = next(_groups(list(self._pending), self._single_upto))
+                self._busy = True
+            try:
+                done = self._attempt(group)
+            finally:
+                with self._cv:
+                    self._busy = False
+                    if done:
+                        for _ in group:
+                            self._pending.popleft()
+                    self._cv.notify_all()
+            if not done:
+                self._stop_event.wait(BACKOFF_S[min(self.failures, len(BACKOFF_S)) - 1])
+
+    def _attempt(self, group: list[dict]) -> bool:
+        """True when the group is finished with (sent, or refused for good)."""
+        try:
+            self.delivery.deliver(group)
+        except Exception as err:  # noqa: BLE001 - nothing the store raises may reach the training loop
+            if is_permanent(err):
+                return self._refused(group, err)
+            self.failures += 1
+            self.retried += 1
+            logger.debug("MLflow: %s failed, will retry: %s", group[0]["op"], _short(err))
+            if self._outage_since is None:
+                self._outage_since = time.monotonic()
+            if self.failures >= 2 and not self._outage_logged:
+                self._outage_logged = True
+                logger.warning(
+                    "MLflow at %s is unreachable (%s); training goes on, every point is kept in %s and "
+                    "retried in the background", self.delivery.client.tracking_uri, _short(err), self.spool.path,
+                )  # fmt: skip
+            return False
+        self.spool.mark_sent(group[-1]["seq"])
+        if self._outage_logged and self._replay is None:
+            backlog = [i for i in self.spool.state.items if i["seq"] >= group[0]["seq"]]
+            self._replay = {
+                "upto": backlog[-1]["seq"],
+                "points": sum(map(metric_points, backlog)),
+                "seconds": time.monotonic() - self._outage_since,
+            }
+        self.failures, self._outage_since, self._outage_logged = 0, None, False
+        if self._replay and self.spool.state.sent_upto >= self._replay["upto"]:
+            logger.warning(
+                "MLflow is back after %.0f s: replayed %d metric points from %s",
+                self._replay["seconds"], self._replay["points"], self.spool.path,
+            )  # fmt: skip
+            self._replay = None
+        return True
+
+    def _refused(self, group: list[dict], err: BaseException) -> bool:
+        if len(group) > 1:
+            self._single_upto = group[-1]["seq"]
+            return False
+        item = group[0]
+        if item["op"] == "open":
+            self.gave_up = _short(err)
+            logger.error(
+                "MLflow refused to open the run (%s); nothing more is sent, all of it stays in %s: fix the "
+                "cause, then run `prefsweep mlflow-sync %s`", self.gave_up, self.spool.path, self.spool.path.parent,
+            )  # fmt: skip
+            return False
+        self.spool.mark_dropped(item, err)
+        steps = sorted({step for *_, step in item.get("metrics", ())})
+        logger.warning("MLflow refused the %s of step %s: %s", item["op"], ",".join(map(str, steps)) or "-",
+                       _short(err))  # fmt: skip
+        return True
+
+    def flush(self, timeout_s: float = FLUSH_TIMEOUT_S) -> bool:
+        """Wait until everything is sent. Gives up after `timeout_s` while the store is failing (and after
+        10 x `timeout_s` in any case); True when nothing is left unsent."""
+        start = time.monotonic()
+        with self._cv:
+            while (self._pending or self._spilled or self._busy) and not self.gave_up and self.is_alive():
+                waited = time.monotonic() - start
+                if waited >= 10 * timeout_s or (waited >= timeout_s and self.failures):
+                    break
+                self._cv.wait(0.5)
+            return not self.spool.state.unsent()
+
+    def wait_sent(self, seq: int, timeout_s: float) -> bool:
+        """Wait until item `seq` is sent, a try fails or `timeout_s` passes; True when it was sent."""
+        deadline = time.monotonic() + timeout_s
+        with self._cv:
+            while self.spool.state.sent_upto < seq and not (self.failures or self.gave_up):
+                left = deadline - time.monotonic()
+                if left <= 0 or not self.is_alive():
+                    break
+                self._cv.wait(min(left, 0.5))
+            return self.spool.state.sent_upto >= seq
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        with self._cv:
+            self._cv.notify_all()
+
+
+def _short(err: BaseException) -> str:
+    text = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return text if len(text) <= 300 else text[:300] + "..."
+
+
+# ----------------------------------------------------------------------------------------------- sync
+
+
+@dataclass
+class SyncResult:
+    path: Path
+    run_id: str | None
+    items: int = 0
+    points_sent: int = 0
+    points_present: int = 0
+    error: str | None = None
+
+
+def sync_spool(path: Path, tracking_uri: str | None = None, timeout_s: float = 60.0) -> SyncResult:
+    """Send one spool's unsent items, skipping points the run already has; retries transient failures
+    for up to `timeout_s`. `tracking_uri` overrides the spool's when the server moved (same store)."""
+    state = SpoolState.load(path)
+    result = SyncResult(Path(path), state.run_id)
+    unsent = state.unsent()
+    if not unsent:
+        return result
+    uri = tracking_uri or state.header["tracking_uri"]
+    fail_fast_http(uri)
+    spool = Spool(state)
+    delivery = Delivery(spool, uri, dedupe=True)
+    deadline = time.monotonic() + timeout_s
+    try:
+        for item in unsent:  # one by one: a refused item is dropped alone
+            for attempt in itertools.count():
+                try:
+                    delivery.deliver([item])
+                    spool.mark_sent(item["seq"])
+                    result.items += 1
+                    break
+                except Exception as err:  # noqa: BLE001
+                    if is_permanent(err) and item["op"] != "open":
+                        spool.mark_dropped(item, err)
+                        break
+                    if is_permanent(err) or time.monotonic() > deadline:
+                        result.error = f"{item['op']} (item {item['seq']}) failed: {_short(err)}"
+                        return result
+                    time.sleep(BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)])
+    finally:
+        spool.close()
+        result.run_id = delivery.run_id
+        result.points_sent, result.points_present = delivery.points_sent, delivery.points_present
+    return result
+
+
+def find_spools(paths: list[str]) -> list[Path]:
+    """Spool files in/under each path (a run's output dir, or a sweep's root), oldest first."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        found += [p] if p.is_file() else sorted(p.rglob(SPOOL_GLOB), key=lambda f: (f.parent, f.stat().st_mtime))
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="prefsweep mlflow-sync",
+        description="Send to MLflow what runs could not send while the tracking server was down (the "
+        f"{SPOOL_NAME} files in each output dir, searched recursively). Safe to repeat: points already in "
+        "MLflow are not sent again. Do not run it on a run that is still training.",
+    )
+    parser.add_argument("paths", nargs="+", metavar="OUTPUT_DIR", help="a run's output dir or a sweep's root")
+    parser.add_argument("--tracking-uri", help="the server's address, if it moved (it must hold the same store)")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds to keep retrying a failing store")
+    args = parser.parse_args(argv)
+    spools = find_spools(args.paths)
+    if not spools:
+        print(f"prefsweep mlflow-sync: no {SPOOL_NAME} under {' '.join(args.paths)}", file=sys.stderr)
+        return 1
+    failed = 0
+    for path in spools:
+        result = sync_spool(path, args.tracking_uri, args.timeout)
+        if result.error:
+            failed += 1
+            print(f"{path}: NOT synced, {result.error} (sent {result.items} items before)", file=sys.stderr)
+        elif result.items == 0:
+            print(f"{path}: up to date (run {result.run_id})")
+        else:
+            print(f"{path}: run {result.run_id}: sent {result.items} items, {result.points_sent} metric points "
+                  f"({result.points_present} already in MLflow)")  # fmt: skip
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
