@@ -50,6 +50,7 @@ __all__ = [
     "run_context_tags",
     "start_sweep_parent",
     "tracking_uri",
+    "try_ensure_experiment",
     "ui_command",
 ]
 
@@ -144,6 +145,22 @@ def ensure_experiment(name: str | None = None, uri: str | None = None) -> str:
     if EXPERIMENT_KIND_TAG not in experiment.tags:
         client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     return experiment.experiment_id
+
+
+def try_ensure_experiment(name: str | None = None) -> str | None:
+    """`ensure_experiment()` for a driver that must not wait on a dead server: None (with a warning) when
+    the store is unreachable; pass it on with `experiment_name` and rank 0 resolves it when the store is back."""
+    from rayjobs.mlflow_spool import fail_fast_http, is_permanent
+
+    fail_fast_http(tracking_uri())
+    try:
+        return ensure_experiment(name)
+    except MlflowException as err:
+        if is_permanent(err):
+            raise
+        logger.warning("MLflow at %s is unreachable (%s); the experiment is resolved when it is back",
+                       tracking_uri(), str(err).splitlines()[0] if str(err) else err)  # fmt: skip
+        return None
 
 
 def ui_command() -> str:

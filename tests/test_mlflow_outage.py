@@ -344,13 +344,17 @@ def test_unsent_spools_of_earlier_runs_are_kept_and_synced(tmp_path, caplog):
         assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == list(range(1, n + 1))
 
 
-def test_the_driver_does_not_wait_for_a_dead_server(tmp_path, caplog):
-    """`ensure_run()` on the driver: a dead server is reported, not retried for minutes, and the run is
-    left for the first worker to create."""
+def test_the_driver_does_not_wait_for_a_dead_server(tmp_path, monkeypatch, caplog):
+    """`try_ensure_experiment()` and `ensure_run()` on the driver: a dead server is reported, not retried
+    for minutes, and the experiment and run are left for the first worker to resolve and create."""
     caplog.set_level("WARNING", logger="prefsweep.mlflow")
     dead = f"http://127.0.0.1:{free_port()}"
-    driver = MlflowLoggingCallback(tracking_uri=dead, experiment_id="1", run_name="d", config={})
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", dead)
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)  # the defaults retry for minutes
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_TIMEOUT", raising=False)
     start = time.monotonic()
+    assert tracking.try_ensure_experiment("x") is None
+    driver = MlflowLoggingCallback(tracking_uri=dead, experiment_id=None, experiment_name="x", run_name="d", config={})
     assert driver.ensure_run() is None
     assert time.monotonic() - start < 5
     assert "unreachable" in caplog.text
