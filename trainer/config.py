@@ -8,8 +8,13 @@ runs here, before any model or dataset loads.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import difflib
+import enum
+import json
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -34,9 +39,9 @@ class ModelArguments:
     ref_model: str | None = None
     """Separate reference model; default: LoRA policy with adapters off, or a frozen copy of the start."""
     model_revision: str = "main"
-    """Revision (branch, tag or commit) of the model to load."""
+    """Revision (branch, tag or commit) of the model to load; a full commit sha with trust_remote_code."""
     trust_remote_code: bool = False
-    """Run model code shipped with the checkpoint. Off by default."""
+    """Run model code shipped with the checkpoint. Off by default; needs model_revision pinned to a commit sha."""
     cache_dir: str | None = None
     """Where downloaded models are cached."""
 
@@ -231,6 +236,9 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
+        enums = [a for a in args if isinstance(a, type) and issubclass(a, enum.Enum)]
+        if enums and set(args) - set(enums) <= {str, type(None)}:  # HF's `SomeEnum | str` choice fields
+            return _coerce(key, value, enums[0])
         errors = []
         for arg in args:
             if arg is type(None):
@@ -255,22 +263,35 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
             return int(value)
         raise ConfigError(f"{key}: expected an integer, got {value!r}")
     if annotation is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads `5e-6` as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads `5e-6` as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if number is None:
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(number):  # NaN passes every `< 0` check below
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+        return number
     if annotation is str:
         if isinstance(value, str):
             return value
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
         raise ConfigError(f"{key}: expected a string, got {value!r}")
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        choices = [member.value for member in annotation]
+        if isinstance(value, annotation) or value in choices:
+            return value
+        raise ConfigError(f"{key}: {value!r} is not one of {choices}")
     if origin in (dict, list) or annotation in (dict, list):
         expected = origin or annotation
+        if expected is dict and isinstance(value, dict) and len(args) == 2:  # check each value, keep numbers
+            checked = {k: _coerce(f"{key}.{k}", v, args[1]) for k, v in value.items()}
+            return {k: v if isinstance(v, (int, float)) else checked[k] for k, v in value.items()}
         if isinstance(value, expected):
             return value
         if expected is list and isinstance(value, str):
@@ -397,6 +418,7 @@ def _validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"finetuning_type {ft.finetuning_type!r} is not one of {list(FINETUNING_TYPES)}")
     if not model.model_name_or_path:
         raise ConfigError("model_name_or_path is required")
+    _validate_remote_code(model)
     if ft.stage == "dpo":
         if ft.pref_loss not in loss_names("dpo"):
             try:
@@ -426,6 +448,8 @@ def _validate(cfg: TrainConfig) -> None:
             raise ConfigError(f"{key} must be > 0, got {getattr(ft, key)}")
     if ft.lora_rank < 1:
         raise ConfigError(f"lora_rank must be >= 1, got {ft.lora_rank}")
+    if ft.lora_alpha is not None and ft.lora_alpha <= 0:
+        raise ConfigError(f"lora_alpha must be > 0 or null (2 * lora_rank), got {ft.lora_alpha}")
     if not 0 <= ft.lora_dropout < 1:
         raise ConfigError(f"lora_dropout must be in [0, 1), got {ft.lora_dropout}")
     if ft.ref_cache_dir is not None and "://" in ft.ref_cache_dir:
@@ -456,13 +480,86 @@ def _validate(cfg: TrainConfig) -> None:
     eval_strategy = str(training.get("eval_strategy", "no"))
     if eval_strategy not in ("no", "IntervalStrategy.NO") and not data.eval_dataset and not data.val_size:
         raise ConfigError(f"eval_strategy is {eval_strategy!r} but there is no eval_dataset and val_size is 0")
-    if cfg.ray.num_workers < 1:
-        raise ConfigError(f"ray.num_workers must be >= 1, got {cfg.ray.num_workers}")
+    if data.eval_dataset and data.val_size:
+        raise ConfigError("val_size and eval_dataset are both set; use one way to get evaluation data")
+    _validate_ray(cfg.ray)
+    _validate_training(training)
     _validate_output_dir(cfg)
     try:
         cfg.training_arguments()
     except (TypeError, ValueError) as err:
-        raise ConfigError(f"invalid training arguments: {err}") from None
+        raise ConfigError(f"invalid training arguments: {' '.join(str(err).split())}") from None  # one line
+
+
+PINNED_REVISION = re.compile(r"[0-9a-fA-F]{40}")
+
+
+def _validate_remote_code(model: ModelArguments) -> None:
+    """trust_remote_code runs Python from the checkpoint: only at a reviewed commit, named by its full sha.
+
+    A branch or tag ("main", "v1.0") can be moved after review and serve new code; a 40-hex git commit sha
+    cannot. Local directories are held to the same rule: the sha records which reviewed commit they hold.
+    """
+    if model.trust_remote_code and not PINNED_REVISION.fullmatch(model.model_revision):
+        raise ConfigError(
+            f"trust_remote_code is true but model_revision is {model.model_revision!r}, not a pinned commit: "
+            f"remote code runs with your privileges, so add `model_revision: <the full 40-character commit "
+            f"sha you reviewed>` (a branch or tag can change under you), or remove `trust_remote_code: true` "
+            f"(models transformers supports natively, e.g. Llama, Qwen2, Mistral, Gemma, never need it)"
+        )
+
+
+def _validate_ray(ray: RayArguments) -> None:
+    if ray.num_workers < 1:
+        raise ConfigError(f"ray.num_workers must be >= 1, got {ray.num_workers}")
+    if ray.max_failures < -1:
+        raise ConfigError(f"ray.max_failures must be >= 0, or -1 to retry forever, got {ray.max_failures}")
+    if ray.num_to_keep is not None and ray.num_to_keep < 1:
+        raise ConfigError(f"ray.num_to_keep must be >= 1 or null (keep all), got {ray.num_to_keep}")
+    for name, amount in (ray.resources_per_worker or {}).items():
+        if amount < 0:
+            raise ConfigError(f"ray.resources_per_worker.{name} must be >= 0, got {amount}")
+
+
+# TrainingArguments keys whose bad values transformers accepts silently (or meets with an unnamed error).
+_POSITIVE_TRAINING_KEYS = (
+    "per_device_train_batch_size",
+    "per_device_eval_batch_size",
+    "gradient_accumulation_steps",
+    "num_train_epochs",
+    "save_steps",
+    "logging_steps",
+    "eval_steps",
+)
+
+
+def _validate_training(training: dict[str, Any]) -> None:
+    for key in _POSITIVE_TRAINING_KEYS:
+        value = training.get(key)
+        if value is not None and value <= 0:
+            raise ConfigError(f"{key} must be > 0, got {value}")
+    max_steps = training.get("max_steps", -1)
+    if max_steps == 0 or max_steps < -1:
+        raise ConfigError(f"max_steps must be > 0, or -1 to train for num_train_epochs, got {max_steps}")
+    if training.get("learning_rate", 0.0) < 0:
+        raise ConfigError(f"learning_rate must be >= 0, got {training['learning_rate']}")
+    deepspeed = training.get("deepspeed")
+    if isinstance(deepspeed, str) and not _is_deepspeed_config(deepspeed):
+        raise ConfigError(f"deepspeed: {deepspeed} is not a file (give a DeepSpeed JSON config path or a mapping)")
+
+
+def _is_deepspeed_config(value: str) -> bool:
+    """What TrainingArguments takes as a string: a JSON file, or a JSON object inline or base64-encoded."""
+    if Path(value).is_file():
+        return True
+    try:
+        return isinstance(json.loads(value), dict)
+    except ValueError:
+        pass
+    try:
+        return isinstance(json.loads(base64.b64decode(value, validate=True).decode()), dict)
+    except ValueError:  # binascii.Error, UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return False
 
 
 def _validate_output_dir(cfg: TrainConfig) -> None:

@@ -10,7 +10,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from trainer.errors import ConfigError
+from trainer.data.reading import data_files
+from trainer.errors import ConfigError, DataError
 
 DATASET_INFO = "dataset_info.json"
 FORMATTINGS = ("alpaca", "sharegpt")
@@ -93,7 +94,9 @@ def get_dataset_attr(name: str, dataset_dir: str | Path) -> DatasetAttr:
     unknown = sorted(set(entry) - known)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; valid keys are {sorted(known)}")
-    attr = DatasetAttr(name=name, file_name=str(entry["file_name"]))
+    if not isinstance(entry["file_name"], str) or not entry["file_name"].strip():
+        raise ConfigError(f"{where}: file_name must be a file or folder name, got {entry['file_name']!r}")
+    attr = DatasetAttr(name=name, file_name=entry["file_name"])
     formatting = entry.get("formatting", "alpaca")
     if formatting not in FORMATTINGS:
         raise ConfigError(f"{where}: formatting {formatting!r} is not supported; use one of {list(FORMATTINGS)}")
@@ -101,7 +104,10 @@ def get_dataset_attr(name: str, dataset_dir: str | Path) -> DatasetAttr:
     if not isinstance(entry.get("ranking", False), bool):
         raise ConfigError(f"{where}: ranking must be true or false, got {entry['ranking']!r}")
     attr.ranking = entry.get("ranking", False)
-    attr.num_samples = entry.get("num_samples")
+    num_samples = entry.get("num_samples")
+    if num_samples is not None and (type(num_samples) is not int or num_samples < 1):
+        raise ConfigError(f"{where}: num_samples must be an integer >= 1, got {num_samples!r}")
+    attr.num_samples = num_samples
     for group, keys in (("columns", COLUMN_KEYS), ("tags", TAG_KEYS)):
         mapping = entry.get(group, {})
         if not isinstance(mapping, dict):
@@ -117,6 +123,12 @@ def get_dataset_attr(name: str, dataset_dir: str | Path) -> DatasetAttr:
     if not path.exists():
         raise ConfigError(f"{where}: file_name {attr.file_name!r} not found at {path}")
     attr.path = path.resolve()
+    try:  # an empty folder, mixed or unsupported file types: a config mistake, caught before loading
+        data_files(attr.path)
+    except DataError as err:
+        raise ConfigError(f"{where}: file_name {attr.file_name!r}: {err}") from None
+    except OSError as err:
+        raise ConfigError(f"{where}: file_name {attr.file_name!r} cannot be read: {err}") from None
     return attr
 
 

@@ -133,6 +133,18 @@ def _tokenize(
     )
 
 
+def _nothing_left(split: str, rows: datasets.Dataset, dropped: int, cutoff_len: int) -> str:
+    """Why a split is empty: its datasets, the bad rows per reason and the truncation drops."""
+    sources = ", ".join(dict.fromkeys(rows["_source"])) or "no dataset"
+    bad = Counter(reason for reason in rows["_skip"] if reason)
+    reasons = f" ({', '.join(f'{r}: {n}' for r, n in bad.items())})" if bad else ""
+    hint = "; raise cutoff_len or shorten the prompts" if dropped else ""
+    return (
+        f"the {split} set has no usable examples ({sources}: {len(rows)} rows, {sum(bad.values())} bad"
+        f"{reasons}, {dropped} {EMPTY_AFTER_TRUNCATION} at cutoff_len={cutoff_len}){hint}"
+    )
+
+
 def tokenized_fingerprint(*parts: datasets.Dataset | None) -> str:
     """sha256 of the token columns of `parts` (None counts as absent); independent of Arrow chunking."""
     import pyarrow.compute as pc
@@ -237,9 +249,6 @@ def build(
                 data_args.cutoff_len,
             )
         if len(tokenized) == 0:
-            raise DataError(
-                f"the {split} set has no usable examples ({len(rows)} rows, {len(rows) - len(usable)} bad, "
-                f"{dropped} empty after truncation to cutoff_len={data_args.cutoff_len})"
-            )
+            raise DataError(_nothing_left(split, rows, dropped, data_args.cutoff_len))
         result[split] = tokenized
     return result["train"], result["eval"], dict(skipped)

@@ -7,12 +7,14 @@ Lines), `.jsonl`, `.parquet`, `.csv` (read by pandas, as `datasets` does: empty 
 Rows are read one by one so that one bad row never hides the others: an unparsable JSON Lines line or
 bytes that are not UTF-8 become an `Unreadable` record for the converter to count, not an exception.
 Invalid UTF-8 inside a `.json` document is decoded with `surrogateescape` and caught later as a lone
-surrogate. Row numbers are 0-based record indices: `data[4]` of a JSON list, the 5th non-blank line of
-a JSON Lines file, the pandas index of a CSV; for a folder they are prefixed with the file name.
+surrogate; a leading UTF-8 byte order mark is dropped; nesting too deep for `json` is invalid JSON.
+Row numbers are 0-based record indices: `data[4]` of a JSON list, the 5th non-blank line of a JSON Lines
+file, the pandas index of a CSV; for a folder they are prefixed with the file name.
 """
 
 from __future__ import annotations
 
+import codecs
 import json
 import math
 from dataclasses import dataclass
@@ -65,7 +67,7 @@ def read_records(path: Path) -> list[tuple[str, Any]]:
 def _read_file(file: Path) -> list[Any]:
     kind = file.suffix.lstrip(".").lower()
     if kind == "jsonl":
-        return _json_lines(file.read_bytes())
+        return _json_lines(_without_bom(file.read_bytes()))
     if kind == "json":
         return _json_document(file)
     if kind == "parquet":
@@ -98,11 +100,18 @@ def _json_lines(data: bytes) -> list[Any]:
             records.append(
                 Unreadable("invalid JSON", f"the line is not valid JSON ({err.msg} at column {err.colno})")
             )
+        except RecursionError:  # json raises it, not JSONDecodeError, past ~1000 levels of nesting
+            records.append(Unreadable("invalid JSON", "the line is nested too deeply to parse"))
     return records
 
 
+def _without_bom(data: bytes) -> bytes:
+    """Files saved by some Windows editors start with a UTF-8 byte order mark; json refuses it."""
+    return data[len(codecs.BOM_UTF8) :] if data.startswith(codecs.BOM_UTF8) else data
+
+
 def _json_document(file: Path) -> list[Any]:
-    data = file.read_bytes()
+    data = _without_bom(file.read_bytes())
     text = data.decode("utf-8", errors="surrogateescape")  # bad bytes -> lone surrogates, reported per row
     try:
         doc = json.loads(text)
@@ -111,6 +120,8 @@ def _json_document(file: Path) -> list[Any]:
         if first == "{" and "\n" in text.strip():  # JSON Lines in a .json file (datasets reads those too)
             return _json_lines(data)
         raise DataError(f"{file}: not valid JSON: {err.msg} at line {err.lineno} column {err.colno}") from err
+    except RecursionError:  # json raises it, not JSONDecodeError, past ~1000 levels of nesting
+        raise DataError(f"{file}: not valid JSON: nested too deeply to parse") from None
     if isinstance(doc, list):
         return doc
     if isinstance(doc, dict) and doc and all(isinstance(v, list) for v in doc.values()):
