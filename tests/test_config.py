@@ -43,10 +43,6 @@ def test_llama_factory_example_parses_unchanged(tmp_path, base):
     raw = yaml.safe_load((REPO / "configs" / "llama3_lora_dpo.yaml").read_text())
     raw.update(dataset=base["dataset"], dataset_dir=base["dataset_dir"], output_dir=base["output_dir"])
     raw["bf16"] = False  # no bf16 on this CPU
-    # its `trust_remote_code: true` needs the code pinned to a reviewed commit (tests/test_bad_input_configs.py)
-    with pytest.raises(ConfigError, match="add `model_revision: <the full 40-character commit sha"):
-        load_config(raw)
-    raw["model_revision"] = "0123456789abcdef0123456789abcdef01234567"
     cfg = load_config(raw)
     assert cfg.finetuning.pref_beta == 0.1
     assert cfg.training["learning_rate"] == 5.0e-6
@@ -54,6 +50,12 @@ def test_llama_factory_example_parses_unchanged(tmp_path, base):
     assert cfg.training["warmup_steps"] == 0.1
     assert cfg.finetuning.overwrite_output_dir is True
     assert cfg.training_arguments().get_warmup_steps(1000) == 100
+    # LLaMA-Factory's original line `trust_remote_code: true` needs the code pinned to a reviewed commit
+    raw["trust_remote_code"] = True
+    with pytest.raises(ConfigError, match="add `model_revision: <the full 40-character commit sha"):
+        load_config(raw)
+    raw["model_revision"] = "0123456789abcdef0123456789abcdef01234567"
+    assert load_config(raw).model.trust_remote_code is True
 
 
 def test_overrides_are_typed_and_reach_ray_section(base):
