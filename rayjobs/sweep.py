@@ -25,6 +25,7 @@ import logging
 import math
 import os
 import sys
+import time
 from pathlib import Path
 
 from sweeps.spec import SweepSpec, load_sweep, trial_name, trial_overrides
@@ -92,6 +93,34 @@ def default_concurrency(cluster: dict[str, float], per_trial: dict[str, float]) 
     return max(1, min(fits)) if fits else 1
 
 
+def build_reference_caches(spec: SweepSpec, base: dict, base_cfg) -> None:
+    """Reference log-probs once per distinct cache key, before any trial starts.
+
+    The reference model is frozen, so its log-probs are the same in every trial that shares the model,
+    data and tokenization; trials (`precompute_ref: auto`) then read them instead of running the
+    reference each step. The sweep's corner configs (every loss, range ends) name the keys. The build
+    runs as a Ray task with one training worker's resources: on a GPU cluster, on a GPU node.
+    """
+    import ray
+
+    from sweeps.spec import corner_configs
+    from trainer.ref_cache import ensure_reference_caches, reference_cache_identity
+
+    configs = [load_config(apply_overrides(base, chosen)) for chosen in corner_configs(spec)]
+    configs = [cfg for cfg in configs if reference_cache_identity(cfg) is not None]
+    if not configs:
+        return
+    per_worker = {k: v / base_cfg.ray.num_workers for k, v in per_trial_resources(base_cfg).items()}
+    task = ray.remote(ensure_reference_caches).options(
+        num_cpus=per_worker.pop("CPU", 0), num_gpus=per_worker.pop("GPU", 0), resources=per_worker or None
+    )
+    started = time.monotonic()
+    infos = ray.get(task.remote(configs))
+    for info in infos:
+        print(f"prefsweep: reference log-probs {info.status} ({info.path or info.reason}); "
+              f"{time.monotonic() - started:.0f}s", flush=True)
+
+
 def run(source: str | Path | dict, overrides: list[str] = (), *, worker_logs: bool = False) -> int:
     """Run the sweep; print Tune's trial table while it runs and a leaderboard at the end.
 
@@ -119,6 +148,8 @@ def run(source: str | Path | dict, overrides: list[str] = (), *, worker_logs: bo
         flush=True,
     )
 
+    if spec.reference_cache:
+        build_reference_caches(spec, base, base_cfg)
     experiment_id = mlflow_tracking.ensure_experiment()
     parent_run_id = mlflow_tracking.start_sweep_parent(
         spec.source, spec.path, experiment_id=experiment_id, run_name=spec.name

@@ -76,6 +76,7 @@ SPEC_KEYS = {
     "trial_resources": f"each trial's Ray Train run: {', '.join(RESOURCE_KEYS)}",
     "storage_path": "where Ray Tune and Ray Train keep results (default ~/ray_results)",
     "log_model": "upload each trial's final model to MLflow (default false)",
+    "reference_cache": "compute reference log-probs once before the trials (default true)",
 }
 ASHA_KEYS = ("type", "time_attr", "grace_period", "reduction_factor", "max_t", "brackets")
 
@@ -140,6 +141,7 @@ class SchedulerSpec:
     grace_period: int = 1
     reduction_factor: float = 2.0
     max_t: int | None = None
+    """Stop every trial once `time_attr` reaches it (default: never; trials end on their own)."""
     brackets: int = 1
 
 
@@ -158,6 +160,8 @@ class SweepSpec:
     max_concurrent_trials: int | None = None
     storage_path: str | None = None
     log_model: bool = False
+    reference_cache: bool = True
+    """Build the reference log-prob caches the trials read (trainer.ref_cache) before they start."""
     description: str = ""
     source: dict = field(default_factory=dict)
     """The spec as written (plus overrides): what MLflow records on the parent run."""
@@ -413,6 +417,7 @@ def _build(raw: dict, path: str | None, config_overrides: dict) -> SweepSpec:
         max_concurrent_trials=concurrent,
         storage_path=raw.get("storage_path"),
         log_model=bool(raw.get("log_model", False)),
+        reference_cache=bool(raw.get("reference_cache", True)),
         description=str(raw.get("description") or ""),
         source={**raw, "base": raw["base"], "overrides": {**inline, **config_overrides}},
         path=path,

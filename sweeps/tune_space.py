@@ -18,6 +18,8 @@ from ray import tune
 
 from sweeps.spec import Conditional, Dimension, SweepSpec, case_key
 
+NEVER = 2**31  # an ASHA max_t no step or evaluation count reaches
+
 
 def tune_domain(dim: Dimension):
     low_high = dim.args
@@ -142,11 +144,12 @@ def scheduler(spec: SweepSpec):
     from ray.tune.schedulers import ASHAScheduler
 
     time_attr = sched.time_attr or ("evaluations" if spec.metric.startswith("eval_") else "step")
-    kwargs = {"max_t": sched.max_t} if sched.max_t else {}
     return ASHAScheduler(  # metric and mode come from TuneConfig
         time_attr=time_attr,
+        # ASHA stops any trial whose progress reaches max_t (Ray's default: 100), which would cut a
+        # trial short of its last steps and its outputs; unset, trials end on their own.
+        max_t=sched.max_t or NEVER,
         grace_period=sched.grace_period,
         reduction_factor=sched.reduction_factor,
         brackets=sched.brackets,
-        **kwargs,
     )

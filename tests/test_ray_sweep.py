@@ -183,7 +183,7 @@ def test_job_submitted_sweep_is_recorded_in_mlflow(ray_head, tiny_model, tmp_pat
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     spec = {
         "name": "jobtest",
-        "base": base_config(tiny_model, tmp_path / "outputs"),
+        "base": base_config(tiny_model, tmp_path / "outputs", ref_cache_dir=str(tmp_path / "ref_cache")),
         "space": {
             "pref_loss": {"grid": ["sigmoid", "simpo"]},
             "pref_beta": {"by": "pref_loss", "values": {"sigmoid": {"loguniform": [0.05, 0.5]},
@@ -196,6 +196,9 @@ def test_job_submitted_sweep_is_recorded_in_mlflow(ray_head, tiny_model, tmp_pat
     output = submit(ray_head, spec, tmp_path, "prefsweep-test-jobtest", store)
     assert "Leaderboard" in output
     assert f"mlflow ui --backend-store-uri {store}" in output
+    # the driver built the sigmoid trial's reference log-probs once, before the trials (simpo needs none)
+    assert "reference log-probs miss" in output
+    assert len(list((tmp_path / "ref_cache").glob("*/manifest.json"))) == 1
 
     client = MlflowClient(store)
     experiment = client.get_experiment_by_name("jobtest")
@@ -252,7 +255,8 @@ def test_asha_stops_a_trial_early_on_the_demo_data(ray_head, tiny_model, tmp_pat
         },
         "metric": "loss",
         "mode": "min",
-        "scheduler": {"type": "asha", "grace_period": 3, "reduction_factor": 2, "max_t": 9},
+        "reference_cache": False,
+        "scheduler": {"type": "asha", "grace_period": 3, "reduction_factor": 2},
         "trial_resources": {"num_workers": 1},
         "storage_path": str(tmp_path / "ray_results"),
     }
