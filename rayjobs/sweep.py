@@ -71,10 +71,15 @@ def trial_driver(config: dict, *, base: dict, storage: str, sweep_name: str, met
 
 
 def trial_namer(base: dict):
-    """Tune's `trial_name_creator`: the trial's counter (from its id) plus its sampled values."""
+    """Tune's `trial_name_creator` / `trial_dirname_creator`: creation order plus sampled values.
+
+    Trials are numbered as Tune creates them (a fixed order for a seeded search); trial ids are no
+    help: Tune's variant generator counts in them, but searchers such as Optuna's use random ids.
+    """
+    indices: dict[str, int] = {}
 
     def name(trial) -> str:
-        index = int(str(trial.trial_id).rsplit("_", 1)[-1])
+        index = indices.setdefault(str(trial.trial_id), len(indices))
         return trial_name(index, trial_overrides(trial.config), base)
 
     return name

@@ -94,17 +94,23 @@ def _suggest(trial, name: str, dim: Dimension) -> Any:
     return trial.suggest_int(name, low, high - 1)  # randint: high excluded, Optuna's is included
 
 
-def optuna_define_by_run(spec: SweepSpec):
-    """Define-by-run function for `OptunaSearch(space=...)`; returns constants (Optuna logs no constant)."""
-    plain = {k: d for k, d in spec.space.items() if isinstance(d, Dimension)}
-    conditional = {k: d for k, d in spec.space.items() if isinstance(d, Conditional)}
-    fixed = {d.by: spec.fixed_value(d.by) for d in conditional.values() if d.by not in spec.space}
+class OptunaDefineByRun:
+    """Define-by-run function for `OptunaSearch(space=...)`: suggests the plain dimensions, then each
+    conditional one whose case applies; returns the constants (Optuna records no constant).
 
-    def define(trial) -> dict | None:
-        chosen = {key: _suggest(trial, key, dim) for key, dim in plain.items()}
+    A class, not a closure: Tune pickles the searcher, space included, into its experiment state.
+    """
+
+    def __init__(self, spec: SweepSpec):
+        self.plain = {k: d for k, d in spec.space.items() if isinstance(d, Dimension)}
+        self.conditional = {k: d for k, d in spec.space.items() if isinstance(d, Conditional)}
+        self.fixed = {d.by: spec.fixed_value(d.by) for d in self.conditional.values() if d.by not in spec.space}
+
+    def __call__(self, trial) -> dict | None:
+        chosen = {key: _suggest(trial, key, dim) for key, dim in self.plain.items()}
         constants = {}
-        for key, dim in conditional.items():
-            by_value = chosen[dim.by] if dim.by in chosen else fixed[dim.by]
+        for key, dim in self.conditional.items():
+            by_value = chosen[dim.by] if dim.by in chosen else self.fixed[dim.by]
             case = dim.case(by_value)
             if case is None:
                 continue
@@ -114,7 +120,9 @@ def optuna_define_by_run(spec: SweepSpec):
                 _suggest(trial, f"{key}[{by_value}]", case)
         return constants or None
 
-    return define
+
+def optuna_define_by_run(spec: SweepSpec) -> OptunaDefineByRun:
+    return OptunaDefineByRun(spec)
 
 
 def search_algorithm(spec: SweepSpec, max_concurrent: int | None):

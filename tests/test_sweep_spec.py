@@ -6,6 +6,7 @@ No Ray cluster here: Tune's own variant generator and an Optuna study sample the
 from __future__ import annotations
 
 import copy
+from types import SimpleNamespace
 
 import numpy as np
 import optuna
@@ -13,9 +14,9 @@ import pytest
 import torch
 from ray.tune.search.variant_generator import generate_variants
 
-from rayjobs.sweep import default_concurrency
+from rayjobs.sweep import default_concurrency, trial_namer
 from sweeps.spec import load_sweep, trial_name, trial_overrides
-from sweeps.tune_space import optuna_define_by_run, param_space, scheduler
+from sweeps.tune_space import optuna_define_by_run, param_space, scheduler, search_algorithm
 from trainer.config import apply_overrides, load_config
 from trainer.errors import ConfigError
 from trainer.losses import loss_names
@@ -104,6 +105,23 @@ def test_optuna_define_by_run_conditions():
         assert ("simpo_gamma[simpo]" in trial.params) == (loss == "simpo")
         check_conditional_sample(overrides)
         study.tell(trial, overrides["pref_beta"])
+
+
+def test_optuna_searcher_state_can_be_saved(tmp_path):
+    """Tune pickles the searcher (its define-by-run space included) into the experiment state."""
+    searcher = search_algorithm(load_sweep(spec_with(search="optuna")), max_concurrent=2)
+    searcher.save(str(tmp_path / "searcher.pkl"))
+    assert (tmp_path / "searcher.pkl").stat().st_size > 0
+
+
+def test_trial_namer_numbers_trials_in_creation_order():
+    """Optuna's trial ids are random hex; names must not depend on them."""
+    namer = trial_namer(BASE)
+    first = SimpleNamespace(trial_id="3faf5cef", config={"pref_loss": "simpo", "pref_beta": 2.5, "simpo_gamma": 0.5})
+    second = SimpleNamespace(trial_id="0a1b2c3d", config={"pref_loss_case": {"pref_loss": "ipo", "pref_beta": 0.3}})
+    assert namer(first) == "trial_000_simpo_beta2.5_gamma0.5"
+    assert namer(second) == "trial_001_ipo_beta0.3"
+    assert namer(first) == "trial_000_simpo_beta2.5_gamma0.5"  # the dirname creator asks again
 
 
 def test_per_loss_beta_grid_expands_for_each_loss():
