@@ -152,6 +152,12 @@ def run_worker(loop_config: dict) -> None:
     if resume is not None:
         raw = apply_overrides(raw, {"resume_from_checkpoint": resume, "overwrite_output_dir": True})
     cfg = load_config(raw)
+    if cfg.training.get("deepspeed"):
+        # ZeRO-3 builds the model under deepspeed.zero.Init, which sizes its partitions from
+        # DeepSpeed's own comm layer: attach it to the process group Ray Train already set up.
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend="nccl" if cfg.ray.use_gpu else "gloo")
     callbacks: list[TrainerCallback] = [RayReportCallback(loop_config["invocation"], loop_config.get("metric"))]
     if loop_config.get("progress") and ray.train.get_context().get_world_rank() == 0:
         callbacks.append(RayProgressCallback(loop_config.get("name") or cfg.output_dir.name))

@@ -143,3 +143,19 @@ def test_deepspeed_zero2_two_ray_workers(local_ray, tiny, tmp_path, two_workers)
     for ds, ddp in zip(logs, ddp_logs):
         assert ds["loss"] == pytest.approx(ddp["loss"], abs=1e-4)
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 4
+
+
+def test_deepspeed_zero3_lora_two_ray_workers(local_ray, tiny, tmp_path):
+    """ZeRO-3 partitions the weights while the model loads (deepspeed.zero.Init), which needs DeepSpeed's
+    comm layer on Ray's process group first. LoRA: the reference is the policy with adapters off."""
+    out = tmp_path / "zero3"
+    train.run(
+        config(tiny, out, per_device_train_batch_size=2, finetuning_type="lora",
+               deepspeed=str(REPO / "configs" / "ds_z3.json"), **{"ray": {"num_workers": 2}}),
+        track=False,
+    )
+    logs = train_logs(out)
+    assert [e["step"] for e in logs] == [1, 2, 3, 4]
+    assert logs[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)  # LoRA B = 0: policy == reference
+    assert TRAIN_METRICS <= set(logs[-1])
+    assert (out / "adapter_model.safetensors").is_file()
