@@ -45,7 +45,8 @@ def absolute_paths(cfg: TrainConfig, base: Path | None = None) -> dict[str, Any]
     """Overrides that make the config's local paths absolute against `base` (default: the cwd).
 
     `model_name_or_path` / `ref_model` only when they name an existing local directory (otherwise they
-    are hub ids); `deepspeed` only when it is a path (it may be an inline dict).
+    are hub ids); `deepspeed` only when it is a path (it may be an inline dict); the reference
+    log-prob cache root (`ref_cache_dir`) when set.
     """
     base = (base or Path.cwd()).resolve()
 
@@ -59,10 +60,12 @@ def absolute_paths(cfg: TrainConfig, base: Path | None = None) -> dict[str, Any]
     }
     for key in ("model_name_or_path", "ref_model"):
         value = getattr(cfg.model, key)
-        if value and (base / value).expanduser().exists():
+        if value and Path(absolute(value)).exists():
             fixed[key] = absolute(value)
     if cfg.model.cache_dir:
         fixed["cache_dir"] = absolute(cfg.model.cache_dir)
+    if getattr(cfg.finetuning, "ref_cache_dir", None):
+        fixed["ref_cache_dir"] = absolute(cfg.finetuning.ref_cache_dir)
     deepspeed = cfg.training.get("deepspeed")
     if isinstance(deepspeed, str) and deepspeed:
         fixed["deepspeed"] = absolute(deepspeed)
