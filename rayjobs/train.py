@@ -164,14 +164,16 @@ def make_torch_trainer(
     )
 
 
-def tracking_args(*, run_name: str, experiment_id: str, parent_run_id: str | None = None,
+def tracking_args(*, run_name: str, experiment_id: str | None, parent_run_id: str | None = None,
                   log_model: bool = False) -> dict:
-    """Plain keyword arguments for the workers' MLflow callback (store and tags resolved here)."""
+    """Plain keyword arguments for the workers' MLflow callback (store, experiment and tags resolved
+    here, where `MLFLOW_*` are set; `experiment_id` None: the store was down, rank 0 resolves the name)."""
     from rayjobs import tracking
 
     return {
         "tracking_uri": tracking.tracking_uri(),
         "experiment_id": experiment_id,
+        "experiment_name": tracking.experiment_name(),
         "run_name": run_name,
         "parent_run_id": parent_run_id,
         "tags": tracking.run_context_tags(),
@@ -190,9 +192,9 @@ def run(source: str | Path | dict, overrides: Sequence[str] = (), *, log_model: 
         ensure_ray()  # before the MLflow tags, which record the Ray job id
     tracking = None
     if track:
-        from rayjobs.tracking import ensure_experiment
+        from rayjobs.tracking import try_ensure_experiment
 
-        tracking = tracking_args(run_name=run_name, experiment_id=ensure_experiment(), log_model=log_model)
+        tracking = tracking_args(run_name=run_name, experiment_id=try_ensure_experiment(), log_model=log_model)
     if not cfg.use_ray:
         metrics = _run_in_process(cfg, tracking)
     else:
