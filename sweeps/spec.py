@@ -467,7 +467,7 @@ def _check_metric_is_evaluated(spec: SweepSpec) -> None:
     cfg = load_config(spec.base)
     if not (cfg.data.val_size or cfg.data.eval_dataset):
         raise ConfigError(f"metric {spec.metric} needs an evaluation set: set val_size or eval_dataset in the base config")
-    args = cfg.training_arguments()
+    args = cfg.training_arguments(device_independent=True)
     if not args.do_eval:
         raise ConfigError(f"metric {spec.metric} is never computed: set eval_strategy (steps or epoch) in the base config")
     if spec.scheduler.type != "none" and str(args.eval_strategy) in ("no", "IntervalStrategy.NO"):

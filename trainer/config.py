@@ -154,11 +154,18 @@ class TrainConfig:
     def output_dir(self) -> Path:
         return Path(self.training["output_dir"])
 
-    def training_arguments(self):
-        """A fresh `transformers.TrainingArguments` (built inside each worker so distributed env is seen)."""
+    def training_arguments(self, *, device_independent: bool = False):
+        """A fresh `transformers.TrainingArguments` (built inside each worker so distributed env is seen).
+
+        `device_independent`: leave out the precision flags, which transformers checks against this
+        machine's devices; a CPU-only driver validates a GPU sweep's config this way.
+        """
         from transformers import TrainingArguments
 
         kwargs = dict(self.training)
+        if device_independent:
+            for key in ("bf16", "fp16", "tf32", "bf16_full_eval", "fp16_full_eval"):
+                kwargs.pop(key, None)
         # prefsweep records MLflow itself (rayjobs/); the collator needs every column.
         kwargs["report_to"] = [r for r in _as_list(kwargs.get("report_to")) if r not in ("mlflow", "none")] or "none"
         kwargs["remove_unused_columns"] = False
@@ -284,6 +291,8 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
         raise ConfigError(f"{key}: expected a string, got {value!r}")
     if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
         choices = [member.value for member in annotation]
+        if isinstance(value, bool) and "no" in choices:  # YAML 1.1 reads a bare `no` as false
+            value = "no" if value is False else value
         if isinstance(value, annotation) or value in choices:
             return value
         raise ConfigError(f"{key}: {value!r} is not one of {choices}")
@@ -486,7 +495,7 @@ def _validate(cfg: TrainConfig) -> None:
     _validate_training(training)
     _validate_output_dir(cfg)
     try:
-        cfg.training_arguments()
+        cfg.training_arguments(device_independent=True)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"invalid training arguments: {' '.join(str(err).split())}") from None  # one line
 

@@ -516,7 +516,7 @@ def reference_cache_identity(cfg: TrainConfig) -> str | None:
         return None
     from trainer.models import compute_dtype
 
-    m, d, args = cfg.model, cfg.data, cfg.training_arguments()
+    m, d, args = cfg.model, cfg.data, cfg.training_arguments(device_independent=True)
     fields = [
         str(cache_root(cfg)), cfg.finetuning.stage, m.model_name_or_path, m.ref_model, m.model_revision,
         str(compute_dtype(cfg.training)), d.dataset, d.eval_dataset, str(Path(d.dataset_dir).resolve()),
