@@ -159,3 +159,19 @@ def test_deepspeed_zero3_lora_two_ray_workers(local_ray, tiny, tmp_path):
     assert logs[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)  # LoRA B = 0: policy == reference
     assert TRAIN_METRICS <= set(logs[-1])
     assert (out / "adapter_model.safetensors").is_file()
+
+
+def test_deepspeed_zero3_full_two_ray_workers(local_ray, tiny, tmp_path):
+    """ZeRO-3 full fine-tuning: the frozen reference is loaded again (a copy of a partitioned policy
+    would hold empty shards) and wrapped by DeepSpeed, so policy == reference at step 1: loss log 2."""
+    out = tmp_path / "zero3_full"
+    train.run(
+        config(tiny, out, per_device_train_batch_size=2, finetuning_type="full",
+               deepspeed=str(REPO / "configs" / "ds_z3.json"), **{"ray": {"num_workers": 2}}),
+        track=False,
+    )
+    logs = train_logs(out)
+    assert [e["step"] for e in logs] == [1, 2, 3, 4]
+    assert logs[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)
+    assert logs[0]["rewards/margins"] == pytest.approx(0.0, abs=1e-4)
+    assert logs[-1]["rewards/margins"] != pytest.approx(0.0, abs=1e-6)  # the policy moved away from it

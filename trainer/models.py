@@ -161,11 +161,47 @@ def build_reference(
         ref = load_causal_lm(model_args.ref_model, model_args, dtype)
     elif ft.finetuning_type == "lora":
         return Reference("adapters_off")
+    elif _zero3_enabled():
+        # ZeRO-3 partitioned the policy while it loaded: a deepcopy would copy empty shards. Load the
+        # starting weights again (partitioned the same way); the trainer wraps them with DeepSpeed.
+        ref = load_causal_lm(model_args.model_name_or_path, model_args, dtype)
     else:
         ref = copy.deepcopy(policy)  # the starting weights, before any optimizer step
     ref.eval()
     ref.requires_grad_(False)
     return Reference("separate" if model_args.ref_model else "frozen_copy", ref)
+
+
+def _zero3_enabled() -> bool:
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    return is_deepspeed_zero3_enabled()
+
+
+def prepare_deepspeed_reference(model: nn.Module, ds_config: dict) -> nn.Module:
+    """Wrap a frozen reference with DeepSpeed for inference: sharded like the policy under ZeRO-3 (its
+    forward gathers each layer's shards), plain (stage 0) otherwise. As TRL's `prepare_deepspeed`."""
+    import deepspeed
+
+    config = copy.deepcopy(ds_config)
+    for key in ("optimizer", "scheduler"):
+        config.pop(key, None)
+    zero = config.setdefault("zero_optimization", {})
+    zero.pop("offload_optimizer", None)
+    hidden = getattr(model.config, "hidden_size", None) or 1024
+    sizes = {  # what transformers fills in for "auto" once it knows the model (as TRL does)
+        "reduce_bucket_size": hidden * hidden,
+        "stage3_prefetch_bucket_size": int(0.9 * hidden * hidden),
+        "stage3_param_persistence_threshold": 10 * hidden,
+    }
+    for key, value in sizes.items():
+        if zero.get(key) == "auto":
+            zero[key] = value
+    if zero.get("stage") != 3:
+        zero["stage"] = 0
+    engine, *_ = deepspeed.initialize(model=model, config=config)
+    engine.eval()
+    return engine
 
 
 def compute_dtype(training: dict) -> torch.dtype:

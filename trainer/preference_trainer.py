@@ -21,7 +21,7 @@ from trainer.data.collator import REFERENCE_COLUMNS
 from trainer.lean_head import hidden_logps, hidden_states_as_logits
 from trainer.logps import SequenceLogps, sequence_logps
 from trainer.losses import LossSpec, sft_loss
-from trainer.models import Reference
+from trainer.models import Reference, prepare_deepspeed_reference
 
 logger = logging.getLogger("prefsweep")
 
@@ -98,7 +98,11 @@ class PreferenceTrainer(Trainer):
         self.reference_forwards = 0
         """Examples (pairs for dpo, completion + KL row for kto) passed through the reference model here."""
         if reference.model is not None:
-            reference.model.to(self.args.device)
+            if self.is_deepspeed_enabled:
+                ds_config = self.accelerator.state.deepspeed_plugin.deepspeed_config
+                reference.model = prepare_deepspeed_reference(reference.model, ds_config)
+            else:
+                reference.model.to(self.args.device)
 
     # ---- forward passes -------------------------------------------------------------------------
 
