@@ -73,10 +73,12 @@ class RayReportCallback(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         import ray.train
-        from transformers.trainer_utils import get_last_checkpoint
+
+        from trainer.preference_trainer import last_complete_checkpoint
 
         metrics = self._report(state)
-        source = get_last_checkpoint(args.output_dir) if state.is_world_process_zero else None
+        # complete: PreferenceTrainer marks it after every rank wrote its files (on_save follows)
+        source = last_complete_checkpoint(args.output_dir) if state.is_world_process_zero else None
         if source is None:
             ray.train.report(metrics)
             return
@@ -114,6 +116,30 @@ class RayProgressCallback(TrainerCallback):
             self.bar = None
 
 
+class FaultInjectionCallback(TrainerCallback):
+    """Test-only (`loop_config["fault"]`): records each finished step and SIGKILLs this worker once.
+
+    `kill_step`, `kill_rank`: the worker of that world rank kills its own process at the end of that
+    step, on the first attempt only (`marker`, a file, is created just before: a restarted worker
+    group finds it and runs on). `events`: a file rank 0 appends each finished step to, across attempts.
+    """
+
+    def __init__(self, rank: int, kill_step: int, kill_rank: int, marker: str, events: str):
+        self.rank, self.kill_step, self.kill_rank = rank, kill_step, kill_rank
+        self.marker, self.events = Path(marker), Path(events)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        import os
+        import signal
+
+        if self.rank == 0:
+            with self.events.open("a") as handle:
+                handle.write(f"{state.global_step}\n")
+        if self.rank == self.kill_rank and state.global_step == self.kill_step and not self.marker.exists():
+            self.marker.write_text(str(os.getpid()))
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
 # ----------------------------------------------------------------------------------------- worker
 
 
@@ -129,9 +155,11 @@ def _resume_checkpoint(invocation: str) -> str | None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         return None
+    from trainer.preference_trainer import checkpoint_is_complete
+
     path = Path(checkpoint.path)
     marker = path / INVOCATION_FILE
-    if not marker.is_file() or marker.read_text() != invocation:
+    if not marker.is_file() or marker.read_text() != invocation or not checkpoint_is_complete(path):
         return None
     return str(path)
 
@@ -141,7 +169,8 @@ def run_worker(loop_config: dict) -> None:
 
     `loop_config`: `config` (raw flat config, absolute paths), `invocation` (id of this `fit()`),
     `progress` (draw a Ray progress bar), `name`, `metric` (a sweep's metric, or None), `tracking`
-    (keyword arguments of `MlflowLoggingCallback` but `config`, or None).
+    (keyword arguments of `MlflowLoggingCallback` but `config`, or None), `fault` (tests only:
+    keyword arguments of `FaultInjectionCallback` but `rank`, or absent).
     """
     import ray.train
 
@@ -159,6 +188,8 @@ def run_worker(loop_config: dict) -> None:
 
         deepspeed.init_distributed(dist_backend="nccl" if cfg.ray.use_gpu else "gloo")
     callbacks: list[TrainerCallback] = [RayReportCallback(loop_config["invocation"], loop_config.get("metric"))]
+    if loop_config.get("fault"):
+        callbacks.append(FaultInjectionCallback(ray.train.get_context().get_world_rank(), **loop_config["fault"]))
     if loop_config.get("progress") and ray.train.get_context().get_world_rank() == 0:
         callbacks.append(RayProgressCallback(loop_config.get("name") or cfg.output_dir.name))
     tracker = None

@@ -589,19 +589,30 @@ def _validate_output_dir(cfg: TrainConfig) -> None:
 
 
 def resolve_resume(cfg: TrainConfig) -> str | None:
-    """The checkpoint to resume from: `resume_from_checkpoint` true -> last checkpoint in output_dir."""
-    from transformers.trainer_utils import get_last_checkpoint
+    """The checkpoint to resume from: `resume_from_checkpoint` true -> the last COMPLETE checkpoint in
+    output_dir (one with the `.complete` marker; a checkpoint cut off mid-write is skipped); a path must
+    itself be complete."""
+    from trainer.preference_trainer import (
+        CHECKPOINT_COMPLETE,
+        checkpoint_is_complete,
+        last_complete_checkpoint,
+    )
 
     resume = cfg.training.get("resume_from_checkpoint")
     if resume in (None, False, "false", "False"):
         return None
     if resume in (True, "true", "True"):
-        last = get_last_checkpoint(str(cfg.output_dir)) if cfg.output_dir.is_dir() else None
+        last = last_complete_checkpoint(cfg.output_dir)
         if last is None:
-            raise ConfigError(f"resume_from_checkpoint is true but {cfg.output_dir} holds no checkpoint")
+            raise ConfigError(f"resume_from_checkpoint is true but {cfg.output_dir} holds no complete checkpoint")
         return last
     if not Path(resume).is_dir():
         raise ConfigError(f"resume_from_checkpoint: {resume} is not a checkpoint directory")
+    if not checkpoint_is_complete(resume):
+        raise ConfigError(
+            f"resume_from_checkpoint: {resume} is incomplete (no {CHECKPOINT_COMPLETE} marker: "
+            f"the run was cut off while writing it)"
+        )
     return str(resume)
 
 

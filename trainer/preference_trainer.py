@@ -11,7 +11,11 @@ over all workers' examples (a per-worker accuracy of 0 or 1 is a known bug elsew
 from __future__ import annotations
 
 import logging
+import os
+import re
+import tempfile
 from collections import defaultdict
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -24,6 +28,38 @@ from trainer.losses import LossSpec, sft_loss
 from trainer.models import Reference, prepare_deepspeed_reference
 
 logger = logging.getLogger("prefsweep")
+
+CHECKPOINT_COMPLETE = ".complete"
+"""Written last into `checkpoint-N/` (atomically, by rank 0, after every rank wrote its files): a
+checkpoint without it was cut off mid-write and is never resumed from."""
+_CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+def checkpoint_is_complete(path: str | os.PathLike) -> bool:
+    return Path(path, CHECKPOINT_COMPLETE).is_file()
+
+
+def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
+    """The highest-step `checkpoint-N` under `output_dir` that carries the completion marker, or None."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return None
+    steps = [
+        (int(m.group(1)), child)
+        for child in root.iterdir()
+        if (m := _CHECKPOINT_RE.match(child.name)) and child.is_dir() and checkpoint_is_complete(child)
+    ]
+    return str(max(steps)[1]) if steps else None
+
+
+def mark_checkpoint_complete(path: str | os.PathLike, step: int) -> None:
+    """Write the marker via a temp file, fsync and rename: it exists whole or not at all."""
+    fd, tmp = tempfile.mkstemp(dir=path, prefix=f"{CHECKPOINT_COMPLETE}.")
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(f"{step}\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, Path(path, CHECKPOINT_COMPLETE))
 
 # config key -> loss keyword, for the hparams a registry entry declares
 LOSS_KWARG_SOURCES = {
@@ -105,6 +141,16 @@ class PreferenceTrainer(Trainer):
                 reference.model.to(self.args.device)
 
     # ---- forward passes -------------------------------------------------------------------------
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """Hugging Face's save, then (all ranks done writing) rank 0 marks the checkpoint complete."""
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+        super()._save_checkpoint(model, trial)
+        self.accelerator.wait_for_everyone()  # every rank's shards and RNG file are in
+        if self.args.should_save:
+            folder = Path(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            mark_checkpoint_complete(folder, self.state.global_step)
 
     def _logps(self, model: nn.Module, input_ids: Tensor, attention_mask: Tensor, labels: Tensor) -> SequenceLogps:
         """(N, L) token ids -> (N,) response log-probs (`response_logps`). A model the lean path refuses

@@ -6,6 +6,7 @@ how the outside world (Ray reports, MLflow) listens; this module imports neither
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -28,6 +29,7 @@ logger = logging.getLogger("prefsweep")
 # CacheInfo of the run plus its MLflow tags, for the tracking side; rewritten at the end with
 # run_reference_forwards (RunResult.reference_forwards of rank 0).
 REF_CACHE_NAME = "ref_cache.json"
+TRAINER_STATE_NAME = "trainer_state.json"
 
 
 @dataclass
@@ -45,12 +47,38 @@ class RunResult:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write via a temp file and rename, so a killed run leaves the previous good file."""
+    """Write via a temp file (flushed to disk) and rename, so a killed run leaves the previous good file."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_metrics(trainer: PreferenceTrainer, split: str, metrics: dict) -> None:
+    """`Trainer.save_metrics` (`{split}_results.json`, merged into `all_results.json`), written atomically."""
+    if not trainer.is_world_process_zero():
+        return
+    out = Path(trainer.args.output_dir)
+    write_atomic(out / f"{split}_results.json", json.dumps(metrics, indent=4, sort_keys=True))
+    combined = out / "all_results.json"
+    merged = json.loads(combined.read_text(encoding="utf-8")) if combined.is_file() else {}
+    merged.update(metrics)
+    write_atomic(combined, json.dumps(merged, indent=4, sort_keys=True))
+
+
+def save_state(trainer: PreferenceTrainer) -> None:
+    """`Trainer.save_state` (`trainer_state.json`), written atomically."""
+    if trainer.is_world_process_zero():
+        state = json.dumps(dataclasses.asdict(trainer.state), indent=2, sort_keys=True) + "\n"
+        write_atomic(Path(trainer.args.output_dir) / TRAINER_STATE_NAME, state)
 
 
 def build_trainer(cfg: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> tuple[PreferenceTrainer, dict]:
@@ -113,18 +141,18 @@ def run_training(cfg: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) ->
         train_output = trainer.train(resume_from_checkpoint=resolve_resume(cfg))
         trainer.save_model()
         trainer.log_metrics("train", train_output.metrics)
-        trainer.save_metrics("train", train_output.metrics)
-        trainer.save_state()
+        save_metrics(trainer, "train", train_output.metrics)
+        save_state(trainer)
         result.metrics.update(train_output.metrics)
     if args.do_eval and trainer.eval_dataset is not None:
         eval_metrics = trainer.evaluate(metric_key_prefix="eval")
         if trainer.reference.kind == "self":  # policy == reference: rewards are 0 by construction
             eval_metrics = {k: v for k, v in eval_metrics.items() if "rewards/" not in k}
         trainer.log_metrics("eval", eval_metrics)
-        trainer.save_metrics("eval", eval_metrics)
+        save_metrics(trainer, "eval", eval_metrics)
         result.metrics.update(eval_metrics)
         if args.do_train:
-            trainer.save_state()  # the final evaluation joins log_history
+            save_state(trainer)  # the final evaluation joins log_history
     result.log_history = list(trainer.state.log_history)
     result.reference_forwards = cache.reference_forwards + trainer.reference_forwards
     if trainer.is_world_process_zero():  # rank 0's count; through Ray Train this file is how it gets out
