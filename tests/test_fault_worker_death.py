@@ -83,35 +83,42 @@ def train_logs(out: Path) -> list[dict]:
     return [entry for entry in state["log_history"] if "loss" in entry]
 
 
-def test_worker_killed_after_checkpoint_resumes_and_matches_uninterrupted(local_ray, tiny, tmp_path):
-    # uninterrupted reference run, same seed and global batch, in this process
-    reference = tmp_path / "uninterrupted"
-    train.run(config(tiny, reference, use_ray=False), track=False)
+@pytest.fixture(scope="module")
+def uninterrupted(tiny, tmp_path_factory) -> Path:
+    """The reference: same seed and global batch, in this process, never interrupted."""
+    out = tmp_path_factory.mktemp("runs") / "uninterrupted"
+    train.run(config(tiny, out, use_ray=False), track=False)
+    return out
 
+
+def run_killed(tiny, tmp_path: Path, **overrides) -> tuple[Path, list[int], object]:
+    """2 Ray workers, `max_failures: 1`; rank 1 SIGKILLs itself after step KILL_STEP, first attempt only."""
     out, faults = tmp_path / "killed", tmp_path / "faults"
     faults.mkdir()
     marker, events = faults / "killed.pid", faults / "steps.txt"
     raw, cfg = train.prepare_raw_config(
-        config(tiny, out, per_device_train_batch_size=2,
+        config(tiny, out, per_device_train_batch_size=2, **overrides,
                ray={"num_workers": 2, "max_failures": 1, "storage_path": str(tmp_path / "ray_results")})
     )
     trainer = train.make_torch_trainer(raw, cfg, name="worker-death")
     trainer.train_loop_config["fault"] = {"kill_step": KILL_STEP, "kill_rank": 1,
                                           "marker": str(marker), "events": str(events)}
     result = trainer.fit()
-
     assert marker.is_file(), "rank 1 was never killed"
     steps = [int(line) for line in events.read_text().split()]  # rank 0's finished steps, both attempts
-    second = steps[steps.index(KILL_STEP) + 1:] if steps.count(KILL_STEP) else steps
-    assert second[0] == SAVE_STEPS + 1, steps  # the restarted group resumed after checkpoint-3
+    return out, steps, result
+
+
+def check_resumed(out: Path, steps: list[int], result, reference: Path, label: str) -> None:
+    second = steps[steps.index(KILL_STEP) + 1:]
+    assert second and second[0] == SAVE_STEPS + 1, steps  # the restarted group resumed after checkpoint-3
     rerun = len(steps) - len(set(steps))
-    print(f"\nsteps seen by rank 0 across attempts: {steps}; re-run: {rerun}")
+    print(f"\n{label}: steps seen by rank 0 across attempts {steps}; re-run {rerun} (save_steps {SAVE_STEPS})")
     assert 1 <= rerun <= SAVE_STEPS
     assert sorted(set(steps)) == list(range(1, MAX_STEPS + 1))
     assert result.checkpoint is not None and Path(result.checkpoint.path, CHECKPOINT_COMPLETE).is_file()
-
     # every rank's RNG state is in the checkpoint the restart loaded (HF restores it per rank)
-    assert {"rng_state_0.pth", "rng_state_1.pth", "optimizer.pt", "scheduler.pt"} <= {
+    assert {"rng_state_0.pth", "rng_state_1.pth", "scheduler.pt"} <= {
         p.name for p in (out / f"checkpoint-{SAVE_STEPS}").iterdir()}
 
     killed, uninterrupted = train_logs(out), train_logs(reference)
@@ -120,9 +127,32 @@ def test_worker_killed_after_checkpoint_resumes_and_matches_uninterrupted(local_
         assert a["learning_rate"] == pytest.approx(b["learning_rate"], rel=1e-9), a["step"]  # scheduler
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-4), a["step"]  # optimizer, data position
     diff = abs(killed[-1]["loss"] - uninterrupted[-1]["loss"])
-    print(f"final loss: killed+resumed {killed[-1]['loss']:.6f}, uninterrupted {uninterrupted[-1]['loss']:.6f}, "
-          f"|diff| {diff:.2e}")
+    print(f"{label}: final loss killed+resumed {killed[-1]['loss']:.6f}, uninterrupted "
+          f"{uninterrupted[-1]['loss']:.6f}, |diff| {diff:.2e}")
     assert diff <= 1e-4
-    state = json.loads((out / "trainer_state.json").read_text())
-    assert state["global_step"] == MAX_STEPS
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == MAX_STEPS
     assert (out / f"checkpoint-{MAX_STEPS}" / CHECKPOINT_COMPLETE).is_file()
+
+
+def test_worker_killed_after_checkpoint_resumes_and_matches_uninterrupted(local_ray, tiny, uninterrupted, tmp_path):
+    out, steps, result = run_killed(tiny, tmp_path)
+    assert (out / f"checkpoint-{SAVE_STEPS}" / "optimizer.pt").is_file()
+    check_resumed(out, steps, result, uninterrupted, "DDP")
+
+
+def test_deepspeed_zero2_worker_killed_resumes_weights_only(local_ray, tiny, uninterrupted, tmp_path):
+    """ZeRO-2: DeepSpeed's own checkpoint engine turns `weights_only` off; PreferenceTrainer swaps in
+    a `weights_only=True` load with DeepSpeed's classes allow-listed, and the resume still matches."""
+    import torch
+
+    from trainer.preference_trainer import deepspeed_safe_globals
+
+    out, steps, result = run_killed(tiny, tmp_path, deepspeed=str(REPO / "configs" / "ds_z2.json"))
+    check_resumed(out, steps, result, uninterrupted, "ZeRO-2")
+    shards = sorted((out / f"checkpoint-{SAVE_STEPS}").glob("global_step*/*.pt"))
+    assert any("optim_states" in p.name for p in shards), shards
+    for shard in shards:  # the allow-list is all these files need; without it they are refused
+        with torch.serialization.safe_globals(deepspeed_safe_globals()):
+            torch.load(shard, map_location="cpu", weights_only=True)
+    with pytest.raises(Exception, match="Unsupported global"):
+        torch.load(next(p for p in shards if "optim_states" in p.name), map_location="cpu", weights_only=True)

@@ -52,6 +52,32 @@ def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
     return str(max(steps)[1]) if steps else None
 
 
+def deepspeed_safe_globals() -> list:
+    """What DeepSpeed's ZeRO optimizer state files pickle beside tensors: allow-listed for
+    `torch.load(weights_only=True)` (the loss scaler, the ZeRO stage enum, fp32 fragment addresses)."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+def load_deepspeed_checkpoints_weights_only() -> None:
+    """Make DeepSpeed's checkpoint engine load with `weights_only=True` (it turns `weights_only` off
+    itself): its own classes are allow-listed, anything else in a checkpoint is refused, not unpickled."""
+    from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+
+    if getattr(TorchCheckpointEngine.load, "_prefsweep_weights_only", False):
+        return
+    torch.serialization.add_safe_globals(deepspeed_safe_globals())
+
+    def load(self, path: str, map_location=None):
+        return torch.load(path, map_location=map_location, weights_only=True)
+
+    load._prefsweep_weights_only = True
+    TorchCheckpointEngine.load = load
+
+
 def mark_checkpoint_complete(path: str | os.PathLike, step: int) -> None:
     """Write the marker via a temp file, fsync and rename: it exists whole or not at all."""
     fd, tmp = tempfile.mkstemp(dir=path, prefix=f"{CHECKPOINT_COMPLETE}.")
@@ -139,6 +165,8 @@ class PreferenceTrainer(Trainer):
                 reference.model = prepare_deepspeed_reference(reference.model, ds_config)
             else:
                 reference.model.to(self.args.device)
+        if self.is_deepspeed_enabled:
+            load_deepspeed_checkpoints_weights_only()  # resume: no unpickling of DeepSpeed's files
 
     # ---- forward passes -------------------------------------------------------------------------
 
