@@ -16,11 +16,18 @@ waits on its workers), and at most as many trials run at once as the cluster can
 
 Trial names are `trial_<index>_<loss>_beta<beta>[...]`: deterministic, so a sweep can be restored
 and each trial's output dir (`<output_dir>/<trial name>`) and MLflow child run found by name.
+
+`--resume` (after the driver died) restores the sweep with `Tuner.restore` from `<storage>/<name>`:
+finished trials are kept as they are, unfinished ones run again and resume from their Ray Train run's
+latest checkpoint (same run name and storage, so Ray Train restores it), errored ones are restarted.
+The MLflow parent run whose id the first driver wrote to `<storage>/<name>/prefsweep_parent_run.json`
+is reopened, and each trial reattaches to its child run by name: one child run per trial.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import os
@@ -38,6 +45,10 @@ DEFAULT_STORAGE = "~/ray_results"
 # The trial driver needs no CPU of its own (Ray Train's controller takes none either); 0.001 keeps
 # Tune's placement group non-empty.
 TRIAL_DRIVER_RESOURCES = {"CPU": 0.001}
+PARENT_RUN_FILE = "prefsweep_parent_run.json"
+"""In the sweep's experiment dir: the MLflow parent run a `--resume` reattaches to."""
+TRAIN_RUN_NAME = "train"
+"""Each trial's Ray Train run: `<storage>/<sweep>/<trial>/train`."""
 
 
 def storage_root(spec: SweepSpec) -> str:
@@ -46,9 +57,81 @@ def storage_root(spec: SweepSpec) -> str:
     return root if "://" in root else str(Path(root).expanduser().resolve())
 
 
+def experiment_path(spec: SweepSpec) -> str:
+    """The sweep's Tune experiment dir (Tune's state, the trials' Ray Train runs, the parent run id)."""
+    return f"{storage_root(spec).rstrip('/')}/{spec.name}"
+
+
+def _filesystem(path: str):
+    """(pyarrow filesystem, path in it) for a local path or a cloud URI."""
+    import pyarrow.fs
+
+    if "://" in path:
+        return pyarrow.fs.FileSystem.from_uri(path)
+    return pyarrow.fs.LocalFileSystem(), path
+
+
+def _read_text(path: str) -> str | None:
+    import pyarrow.fs
+
+    fs, where = _filesystem(path)
+    if fs.get_file_info(where).type != pyarrow.fs.FileType.File:
+        return None
+    with fs.open_input_stream(where) as f:
+        return f.read().decode()
+
+
+def write_parent_run(path: str, record: dict) -> None:
+    """Write `<experiment dir>/prefsweep_parent_run.json` atomically (a temp file, then a rename)."""
+    text = json.dumps(record, indent=1)
+    fs, where = _filesystem(f"{path.rstrip('/')}/{PARENT_RUN_FILE}")
+    fs.create_dir(where.rsplit("/", 1)[0], recursive=True)
+    tmp = f"{where}.tmp-{os.getpid()}"
+    with fs.open_output_stream(tmp) as f:
+        f.write(text.encode())
+    fs.move(tmp, where)  # a rename on local disks; object stores write whole objects anyway
+
+
+def read_parent_run(path: str) -> dict | None:
+    text = _read_text(f"{path.rstrip('/')}/{PARENT_RUN_FILE}")
+    if text is None:
+        return None
+    try:
+        record = json.loads(text)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) and record.get("run_id") else None
+
+
+def previous_invocation(train_run_path: str) -> str | None:
+    """The `fit()` id written into the latest checkpoint of the Ray Train run at `train_run_path`.
+
+    The workers resume only from checkpoints of their own `fit()` (`rayjobs.worker._resume_checkpoint`);
+    a restored trial's new `fit()` takes over that id, so its workers resume from the checkpoint Ray
+    Train restores from the run's snapshot. None: the run has no checkpoint (the trial starts over).
+    """
+    from ray.train.v2._internal.constants import CHECKPOINT_MANAGER_SNAPSHOT_FILENAME
+
+    from rayjobs.worker import INVOCATION_FILE
+
+    text = _read_text(f"{train_run_path.rstrip('/')}/{CHECKPOINT_MANAGER_SNAPSHOT_FILENAME}")
+    if text is None:
+        return None
+    try:
+        latest = (json.loads(text).get("latest_checkpoint_result") or {}).get("checkpoint_dir_name")
+    except (ValueError, AttributeError):
+        return None
+    if not latest:
+        return None
+    return _read_text(f"{train_run_path.rstrip('/')}/{latest}/{INVOCATION_FILE}")
+
+
 def trial_driver(config: dict, *, base: dict, storage: str, sweep_name: str, metric: str,
-                 tracking: dict | None) -> None:
-    """One Tune trial: run the sampled config as a Ray Train job and forward its reports to Tune."""
+                 tracking: dict | None, resume: bool = False) -> None:
+    """One Tune trial: run the sampled config as a Ray Train job and forward its reports to Tune.
+
+    `resume` (a restored sweep): continue from the latest checkpoint of this trial's Ray Train run.
+    """
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -57,16 +140,24 @@ def trial_driver(config: dict, *, base: dict, storage: str, sweep_name: str, met
     name = tune.get_context().get_trial_name()
     raw = apply_overrides(base, trial_overrides(config))
     raw["output_dir"] = str(Path(base["output_dir"]) / name)
+    if resume:  # what a killed run left in its output dir is its own: resumed below, or started over
+        raw["overwrite_output_dir"] = True
     cfg = load_config(raw)
+    trial_storage = f"{storage.rstrip('/')}/{sweep_name}/{name}"
     trainer = make_torch_trainer(
         raw,
         cfg,
-        name="train",
-        storage_path=f"{storage.rstrip('/')}/{sweep_name}/{name}",
+        name=TRAIN_RUN_NAME,
+        storage_path=trial_storage,
         tracking={**tracking, "run_name": name} if tracking else None,
         callbacks=[TuneReportCallback()],
         metric=metric,
     )
+    if resume:
+        invocation = previous_invocation(f"{trial_storage}/{TRAIN_RUN_NAME}")
+        if invocation:
+            trainer.train_loop_config["invocation"] = invocation
+            print(f"prefsweep: trial {name} resumes from its latest checkpoint", flush=True)
     trainer.fit()
 
 
@@ -75,13 +166,17 @@ def trial_namer(base: dict):
 
     Trials are numbered as Tune creates them (a fixed order for a seeded search); trial ids are no
     help: Tune's variant generator counts in them, but searchers such as Optuna's use random ids.
+    A restored sweep keeps its trials' names; the namer's `offset` (the trials it already had) numbers
+    new ones after them. (A closure, not an object: Tune deep-copies its config, which copies objects
+    but not functions, and every copy must count in the same `indices`.)
     """
     indices: dict[str, int] = {}
 
     def name(trial) -> str:
-        index = indices.setdefault(str(trial.trial_id), len(indices))
+        index = indices.setdefault(str(trial.trial_id), name.offset + len(indices))
         return trial_name(index, trial_overrides(trial.config), base)
 
+    name.offset = 0
     return name
 
 
@@ -126,12 +221,21 @@ def build_reference_caches(spec: SweepSpec, base: dict, base_cfg) -> None:
               f"{time.monotonic() - started:.0f}s", flush=True)
 
 
-def run(source: str | Path | dict, overrides: list[str] = (), *, worker_logs: bool = False) -> int:
+def run(source: str | Path | dict, overrides: list[str] = (), *, worker_logs: bool = False,
+        resume: bool = False) -> int:
     """Run the sweep; print Tune's trial table while it runs and a leaderboard at the end.
 
     Workers' own output (every trial's training logs) stays in Ray's log files unless `worker_logs`.
+    `resume`: restore the sweep a dead driver left in `<storage>/<name>` (see the module docstring).
     """
     spec = load_sweep(source, list(overrides))
+    exp_path = experiment_path(spec)
+    if resume:
+        from ray import tune
+
+        if not tune.Tuner.can_restore(exp_path):
+            raise ConfigError(f"--resume: no sweep state to resume at {exp_path} (no Tune experiment state "
+                              f"there); run the sweep without --resume")
     from rayjobs.train import prepare_raw_config
 
     base, base_cfg = prepare_raw_config(spec.base)
@@ -140,7 +244,6 @@ def run(source: str | Path | dict, overrides: list[str] = (), *, worker_logs: bo
 
     from rayjobs import tracking as mlflow_tracking
     from rayjobs.local_ray import cluster_resources, ensure_ray
-    from sweeps.tune_space import param_space, scheduler, search_algorithm
 
     how = ensure_ray(log_to_driver=worker_logs)
     per_trial = per_trial_resources(base_cfg)
@@ -156,9 +259,23 @@ def run(source: str | Path | dict, overrides: list[str] = (), *, worker_logs: bo
     if spec.reference_cache:
         build_reference_caches(spec, base, base_cfg)
     experiment_id = mlflow_tracking.ensure_experiment()
-    parent_run_id = mlflow_tracking.start_sweep_parent(
-        spec.source, spec.path, experiment_id=experiment_id, run_name=spec.name
-    )
+    previous = read_parent_run(exp_path) if resume else None
+    if previous is not None and previous.get("tracking_uri") == mlflow_tracking.tracking_uri():
+        from mlflow import MlflowClient
+
+        parent_run_id, experiment_id = previous["run_id"], previous.get("experiment_id") or experiment_id
+        MlflowClient(mlflow_tracking.tracking_uri()).update_run(parent_run_id, status="RUNNING")
+        print(f"prefsweep: resuming sweep {spec.name!r} from {exp_path}; MLflow parent run {parent_run_id}",
+              flush=True)
+    else:
+        if resume:
+            logger.warning("no MLflow parent run recorded in %s for this tracking store: a new one is started",
+                           exp_path)
+        parent_run_id = mlflow_tracking.start_sweep_parent(
+            spec.source, spec.path, experiment_id=experiment_id, run_name=spec.name
+        )
+        write_parent_run(exp_path, {"run_id": parent_run_id, "experiment_id": experiment_id,
+                                    "tracking_uri": mlflow_tracking.tracking_uri()})
     from rayjobs.train import tracking_args
 
     tracking = tracking_args(
@@ -166,24 +283,13 @@ def run(source: str | Path | dict, overrides: list[str] = (), *, worker_logs: bo
     )
     trainable = tune.with_resources(
         tune.with_parameters(trial_driver, base=base, storage=storage, sweep_name=spec.name, metric=spec.metric,
-                             tracking=tracking),
+                             tracking=tracking, resume=resume),
         TRIAL_DRIVER_RESOURCES,
     )
-    namer = trial_namer(base)
-    tuner = tune.Tuner(
-        trainable,
-        param_space=param_space(spec) if spec.search != "optuna" else None,
-        tune_config=tune.TuneConfig(
-            metric=spec.metric,
-            mode=spec.mode,
-            num_samples=spec.num_samples,
-            search_alg=search_algorithm(spec, concurrency),
-            scheduler=scheduler(spec),
-            trial_name_creator=namer,
-            trial_dirname_creator=namer,
-        ),
-        run_config=tune.RunConfig(name=spec.name, storage_path=storage, verbose=1),
-    )
+    if resume:
+        tuner = restore_tuner(exp_path, trainable)
+    else:
+        tuner = new_tuner(spec, trainable, base, storage, concurrency)
     try:
         grid = tuner.fit()
         summaries = trial_summaries(grid, spec, base)
@@ -204,6 +310,43 @@ def run(source: str | Path | dict, overrides: list[str] = (), *, worker_logs: bo
     return 1 if errors else 0
 
 
+def new_tuner(spec: SweepSpec, trainable, base: dict, storage: str, concurrency: int):
+    from ray import tune
+
+    from sweeps.tune_space import param_space, scheduler, search_algorithm
+
+    namer = trial_namer(base)
+    return tune.Tuner(
+        trainable,
+        param_space=param_space(spec) if spec.search != "optuna" else None,
+        tune_config=tune.TuneConfig(
+            metric=spec.metric,
+            mode=spec.mode,
+            num_samples=spec.num_samples,
+            search_alg=search_algorithm(spec, concurrency),
+            scheduler=scheduler(spec),
+            trial_name_creator=namer,
+            trial_dirname_creator=namer,
+        ),
+        run_config=tune.RunConfig(name=spec.name, storage_path=storage, verbose=1),
+    )
+
+
+def restore_tuner(path: str, trainable):
+    """`Tuner.restore`: finished trials stay finished, unfinished ones continue, errored ones restart.
+
+    The trial namer comes back from the pickled Tuner with its count at pickling time: trials the
+    searcher has yet to create are numbered after the ones the experiment already holds.
+    """
+    from ray import tune
+
+    tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, restart_errored=True)
+    namer = getattr(getattr(getattr(tuner, "_local_tuner", None), "_tune_config", None), "trial_name_creator", None)
+    if callable(namer) and hasattr(namer, "offset"):
+        namer.offset = len(tuner.get_results())
+    return tuner
+
+
 def trial_summaries(grid, spec: SweepSpec, base: dict) -> list:
     """One `TrialSummary` per Tune result: sampled values and final metric (curves come from MLflow)."""
     from rayjobs.tracking import TrialSummary
@@ -213,7 +356,7 @@ def trial_summaries(grid, spec: SweepSpec, base: dict) -> list:
         name = Path(result.path).name
         raw = apply_overrides(base, trial_overrides(result.config or {}))
         raw["output_dir"] = str(Path(base["output_dir"]) / name)
-        cfg = load_config(raw)
+        cfg = load_config({**raw, "overwrite_output_dir": True})  # read for its values; the run is over
         final = (result.metrics or {}).get(spec.metric, math.nan)
         summaries.append(
             TrialSummary(
@@ -242,11 +385,14 @@ def main(argv: list[str] | None = None) -> int:
         help="spec keys (num_samples=2, search=optuna, scheduler.grace_period=2) or base-config keys "
         "(max_steps=4, ray.num_workers=2)",
     )
+    parser.add_argument("--resume", action="store_true",
+                        help="finish the sweep a dead driver left in <storage_path>/<name>: finished trials are "
+                        "kept, unfinished ones resume from their checkpoints, MLflow runs are reattached")
     parser.add_argument("--worker-logs", action="store_true",
                         help="also print every trial's training logs (default: only the trial table)")
     args = parser.parse_args(argv)
     try:
-        return run(args.sweep, args.overrides, worker_logs=args.worker_logs)
+        return run(args.sweep, args.overrides, worker_logs=args.worker_logs, resume=args.resume)
     except ConfigError as err:
         print(f"prefsweep sweep: {err}", file=sys.stderr)
         return 2
