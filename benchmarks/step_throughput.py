@@ -15,7 +15,10 @@ run is its own subprocess (clean RSS); the variants alternate A B C D A B C D ..
   `precompute_ref: never`): a frozen reference copy runs its forward every step.
 - `prefsweep_cache`: the same with `precompute_ref: always` on a cache built once before the timed runs
   (its build time is reported on its own); the runs must hit it and run no reference forward.
-- `llamafactory`: LLaMA-Factory 0.9.5's `run_exp` in the peer's Python (`../shared/tools/lf-peer`).
+- `llamafactory`: LLaMA-Factory 0.9.5's `run_exp` in the peer's Python (`../shared/tools/lf-peer`) with
+  `disable_gradient_checkpointing: true`, so it does the same work as the others (no recomputation).
+- `llamafactory_default`: the same as LLaMA-Factory users run it, gradient checkpointing on (its
+  default): slower, less activation memory. Memory targets are checked against both.
 - `trl`: TRL `DPOTrainer` in this venv, fed prefsweep's token ids (equal to LLaMA-Factory's: the same
   prompt/response split and truncation) as `prompt_ids` / `chosen_ids` / `rejected_ids`, so all four
   see the same tokens; `gradient_checkpointing` off (TRL's default is on), `precompute_ref_log_probs`
@@ -53,8 +56,9 @@ from benchmarks._common import (
 
 REPO = Path(__file__).resolve().parents[1]
 LF_PEER = REPO.parent / "shared" / "tools" / "lf-peer"
-VARIANTS = ("prefsweep", "prefsweep_cache", "llamafactory", "trl")
-BASELINES = ("llamafactory", "trl")
+VARIANTS = ("prefsweep", "prefsweep_cache", "llamafactory", "llamafactory_default", "trl")
+BASELINES = ("llamafactory", "llamafactory_default", "trl")
+LF_VARIANTS = ("llamafactory", "llamafactory_default")
 TARGETS = {  # issue 4
     "throughput_vs_peers_without_cache": 1.15,
     "throughput_vs_peers_with_cache": 1.35,
@@ -121,7 +125,7 @@ def profile_regions(variant: str) -> list[str]:
             (pt.PreferenceTrainer, "_reference_logps", "reference forward"),
             (pt.PreferenceTrainer, "_store", "metrics"),
         ]
-    elif variant == "llamafactory":
+    elif variant in LF_VARIANTS:
         import llamafactory.train.dpo.trainer as lf
 
         targets += [
@@ -172,11 +176,13 @@ def worker_cache_build(spec: dict, output_dir: str) -> dict:
             "cache_build_seconds_reported": info.build_seconds}
 
 
-def worker_llamafactory(spec: dict, output_dir: str) -> dict:
+def worker_llamafactory(spec: dict, output_dir: str, *, gradient_checkpointing: bool) -> dict:
     from llamafactory.train.tuner import run_exp
 
     meter = step_meter(spec)
-    run_exp({**spec["config"], "output_dir": output_dir}, callbacks=[meter])
+    config = {**spec["config"], "output_dir": output_dir,
+              "disable_gradient_checkpointing": not gradient_checkpointing}
+    run_exp(config, callbacks=[meter])
     return meter.summary(spec["warmup"])
 
 
@@ -242,8 +248,8 @@ def run_worker(variant: str, spec_path: str, out_path: str) -> int:
                 raise RuntimeError(f"the cached run did not read the prebuilt cache: {result['ref_cache']}")
         elif variant == "cache_build":
             result = worker_cache_build(spec, output_dir)
-        elif variant == "llamafactory":
-            result = worker_llamafactory(spec, output_dir)
+        elif variant in LF_VARIANTS:
+            result = worker_llamafactory(spec, output_dir, gradient_checkpointing=variant == "llamafactory_default")
         elif variant == "trl":
             result = worker_trl(spec, output_dir)
         else:
@@ -322,7 +328,7 @@ def launch(variant: str, spec_path: Path, out_path: Path, args) -> dict:
     if args.threads:
         env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     python, env["PYTHONPATH"] = sys.executable, str(REPO)
-    if variant == "llamafactory":
+    if variant in LF_VARIANTS:
         python, stubs = lf_peer_python(args.lf_peer)
         env["PYTHONPATH"] = f"{stubs}:{REPO}"
     cmd = [python, "-m", "benchmarks.step_throughput", "--worker", variant, "--spec", str(spec_path),
@@ -369,55 +375,42 @@ def summarize(runs: dict[str, list[dict]], device: str) -> tuple[dict, dict]:
             "peak_mib": median([p[0] for p in peaks]),
             "train_peak_over_load_mib": median([p[1] for p in peaks]),
         }
-    for name, rs in runs.items():
-        for base in BASELINES:
-            if base == name or base not in runs:
-                continue
-            rounds = list(zip(rs, runs[base]))  # same round = neighbours in time
-            per_round = [a["tokens_per_second"] / b["tokens_per_second"] for a, b in rounds]
-            ratios[f"{name}/{base}"] = {
-                "throughput": median(per_round),
-                "throughput_per_round": per_round,
-                "throughput_best_of_reps": best_of_reps(rs) / best_of_reps(runs[base]),
-                "throughput_cpu_time": median([a["tokens_per_cpu_second"] / b["tokens_per_cpu_second"]
-                                               for a, b in rounds]),
-                "peak_memory": median([memory_of(a, device)[0] / memory_of(b, device)[0] for a, b in rounds]),
-                "train_peak_memory": median([memory_of(a, device)[1] / memory_of(b, device)[1] for a, b in rounds]),
-            }
+    pairs = [(name, base) for name in runs for base in BASELINES if base != name and base in runs]
+    if "prefsweep" in runs and "prefsweep_cache" in runs:
+        pairs.append(("prefsweep_cache", "prefsweep"))  # what the cache alone buys
+    for name, base in pairs:
+        rounds = list(zip(runs[name], runs[base]))  # same round = neighbours in time
+        per_round = [a["tokens_per_second"] / b["tokens_per_second"] for a, b in rounds]
+        ratios[f"{name}/{base}"] = {
+            "throughput": median(per_round),
+            "throughput_per_round": per_round,
+            "throughput_best_of_reps": best_of_reps(runs[name]) / best_of_reps(runs[base]),
+            "throughput_cpu_time": median([a["tokens_per_cpu_second"] / b["tokens_per_cpu_second"] for a, b in rounds]),
+            "peak_memory": median([memory_of(a, device)[0] / memory_of(b, device)[0] for a, b in rounds]),
+            "train_peak_memory": median([memory_of(a, device)[1] / memory_of(b, device)[1] for a, b in rounds]),
+        }
     return medians, ratios
 
 
-THROUGHPUT_MEASURES = (  # (ratio key, median key, column title)
-    ("throughput", "tokens_per_second", "wall"),
-    ("throughput_best_of_reps", "tokens_per_second_best_of_reps", "best"),
-    ("throughput_cpu_time", "tokens_per_cpu_second", "cpu"),
-)
-
-
 def print_table(medians: dict, ratios: dict, device: str) -> None:
-    """Two tables: throughput (three measures, ratios vs each baseline) and peak memory."""
-
-    def cell(key: str, field: str) -> str:
-        return f"{ratios[key][field]:.2f}x" if key in ratios else "-"
-
-    print("response tokens/s -- wall: median over rounds; best: each step's fastest round; cpu: per CPU-second")
-    head = f"{'variant':<17}" + "".join(f"{t:>8}" for _, _, t in THROUGHPUT_MEASURES)
-    head += "".join(f"{t + '÷' + b:>11}" for b in ("LF", "TRL") for _, _, t in THROUGHPUT_MEASURES)
-    print(head)
-    print("-" * len(head))
-    for name, m in medians.items():
-        row = f"{name:<17}" + "".join(f"{m[key]:>8.0f}" for _, key, _ in THROUGHPUT_MEASURES)
-        row += "".join(f"{cell(f'{name}/{b}', r):>11}" for b in ("llamafactory", "trl") for r, _, _ in THROUGHPUT_MEASURES)
-        print(row)
+    """Per variant: throughput three ways and peak memory; then prefsweep's ratios against each baseline."""
     unit = "CUDA allocated" if device == "cuda" else "RSS"
-    print(f"\npeak memory ({unit}, MiB) -- peak: whole process; train: training-phase peak over the after-load level")
-    head = f"{'variant':<17}{'s/step':>8}{'peak':>8}{'train':>8}{'peak÷LF':>10}{'train÷LF':>10}{'peak÷TRL':>10}"
-    print(head)
-    print("-" * len(head))
+    print(f"response tokens/s: wall = median over rounds, best = each step's fastest round, cpu = per CPU-second;"
+          f"\npeak memory ({unit}, MiB): whole process, and the training phase over the after-load level")
+    head = (f"{'variant':<22}{'tok/s':>8}{'best':>8}{'tok/cpu-s':>10}{'s/step':>8}{'peak MiB':>10}"
+            f"{'train MiB':>10}")
+    print(head + "\n" + "-" * len(head))
     for name, m in medians.items():
-        print(f"{name:<17}{m['step_seconds']:>8.2f}{m['peak_mib']:>8.0f}{m['train_peak_over_load_mib']:>8.0f}"
-              f"{cell(f'{name}/llamafactory', 'peak_memory'):>10}{cell(f'{name}/llamafactory', 'train_peak_memory'):>10}"
-              f"{cell(f'{name}/trl', 'peak_memory'):>10}")
+        print(f"{name:<22}{m['tokens_per_second']:>8.0f}{m['tokens_per_second_best_of_reps']:>8.0f}"
+              f"{m['tokens_per_cpu_second']:>10.0f}{m['step_seconds']:>8.2f}{m['peak_mib']:>10.0f}"
+              f"{m['train_peak_over_load_mib']:>10.0f}")
+    print("\nratios (medians of per-round ratios; best: ratio of the best-of-rounds throughputs)")
+    head = f"{'':<38}{'wall':>7}{'best':>7}{'cpu':>7}{'peak':>7}{'train':>7}"
+    print(head + "\n" + "-" * len(head))
+    for key, r in ratios.items():
+        if key.startswith("prefsweep"):
+            print(f"{key.replace('/', ' / '):<38}" + "".join(f"{r[f]:>6.2f}x" for f in (
+                "throughput", "throughput_best_of_reps", "throughput_cpu_time", "peak_memory", "train_peak_memory")))
 
 
 def same_work(runs: dict[str, list[dict]]) -> bool:
@@ -433,7 +426,7 @@ def check_targets(ratios: dict) -> list[dict]:
     checks = []
     for variant, target_key in (("prefsweep", "throughput_vs_peers_without_cache"),
                                 ("prefsweep_cache", "throughput_vs_peers_with_cache")):
-        for base in BASELINES:
+        for base in ("llamafactory", "trl"):  # same work; llamafactory_default recomputes activations
             key = f"{variant}/{base}"
             if key in ratios:
                 value = ratios[key]["throughput"]
@@ -441,8 +434,8 @@ def check_targets(ratios: dict) -> list[dict]:
                                "met": value >= TARGETS[target_key],
                                "also": {"best_of_reps": ratios[key]["throughput_best_of_reps"],
                                         "cpu_time": ratios[key]["throughput_cpu_time"]}})
-    for variant in ("prefsweep", "prefsweep_cache"):
-        key = f"{variant}/llamafactory"
+    for variant, base in [(v, b) for v in ("prefsweep", "prefsweep_cache") for b in LF_VARIANTS]:
+        key = f"{variant}/{base}"
         if key in ratios:
             for field in ("peak_memory", "train_peak_memory"):
                 value = ratios[key][field]
@@ -547,7 +540,7 @@ def main(argv: list[str] | None = None) -> int:
             for variant in variants:
                 result = launch(variant, spec_path, root / f"{variant}-{rep}.json", args)
                 runs[variant].append(result)
-                print(f"round {rep + 1}/{args.reps} {variant:<16} {result['tokens_per_second']:8.0f} tok/s  "
+                print(f"round {rep + 1}/{args.reps} {variant:<20} {result['tokens_per_second']:8.0f} tok/s  "
                       f"steps {[round(s, 2) for s in result['step_seconds']]}  "
                       f"peak {memory_of(result, args.device)[0]:.0f} MiB  "
                       f"(process {result['process_wall_seconds']:.0f} s)", flush=True)
@@ -565,7 +558,7 @@ def main(argv: list[str] | None = None) -> int:
 
     packages = ("torch", "transformers", "trl", "peft", "accelerate")
     versions = {"prefsweep_env": {p: package_version(None, p) for p in packages}}
-    if "llamafactory" in variants:
+    if set(LF_VARIANTS) & set(variants):
         lf_py, stubs = lf_peer_python(args.lf_peer)
         versions["llamafactory_env"] = {p: package_version(lf_py, p, {**os.environ, "PYTHONPATH": stubs})
                                         for p in ("llamafactory", *packages)}
