@@ -6,13 +6,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -22,57 +15,19 @@ from PIL import Image
 
 from rayjobs import tracking
 from rayjobs.tracking import TrialSummary
+from tests.mlflow_servers import MlflowServer
 from tests.test_tracking import EXPECTED_PNGS, METRIC, SPEC, artifact_names, make_config, run_trial
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
 def mlflow_server(tmp_path):
     """(url, backend db path, artifacts folder) of a server that lives for one test."""
-    port, db, artifacts = free_port(), tmp_path / "server.db", tmp_path / "server-artifacts"
-    log = (tmp_path / "server.log").open("w")
-    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-           "--backend-store-uri", f"sqlite:///{db}", "--artifacts-destination", str(artifacts)]  # fmt: skip
-    # No job-runner processes: they are not needed to log runs and outlive the server on SIGTERM.
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    proc = subprocess.Popen(
-        cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
-    url = f"http://127.0.0.1:{port}"
+    db = tmp_path / "server.db"
+    server = MlflowServer(tmp_path, f"sqlite:///{db}").start()
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(
-                    f"mlflow server exited with {proc.returncode}:\n{(tmp_path / 'server.log').read_text()}"
-                )
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"mlflow server not healthy in 90 s:\n{(tmp_path / 'server.log').read_text()}")
-            time.sleep(0.25)
-        yield url, db, artifacts
+        yield server.url, db, server.artifacts
     finally:
-        proc.terminate()  # the CLI forwards SIGTERM to its uvicorn child and waits for it
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-        try:  # anything left in the session this test started
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        log.close()
+        server.stop()
 
 
 def test_sweep_over_http_lands_in_the_server_store(mlflow_server, tmp_path, monkeypatch):
