@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from transformers import AutoTokenizer
 
+from tests.llamafactory_peer import LF_PYTHON, run_llamafactory
 from trainer.config import DataArguments
 from trainer.data import load_preference_data
 from trainer.data.conversion import convert_record
@@ -354,60 +355,26 @@ def test_worker_processes_give_the_same_rows(tok_dir, tmp_path):
 
 
 REPO = Path(__file__).resolve().parents[1]
-LF_PEER = Path.home() / ".cache" / "prefsweep-lf-peer"
 LF_DEMO_SCRIPT = """
-import json, sys, tempfile
-from transformers import AutoTokenizer, Seq2SeqTrainingArguments
-from llamafactory.hparams import DataArguments, ModelArguments
-from llamafactory.data import get_template_and_fix_tokenizer, get_dataset
 tok_dir, data_dir, template = sys.argv[1:4]
-tok = AutoTokenizer.from_pretrained(tok_dir, padding_side="right")
-data_args = DataArguments(template=template, dataset="dpo_en_demo", dataset_dir=data_dir, cutoff_len=256,
-                          max_samples=64, val_size=0.125, overwrite_cache=True)
-training_args = Seq2SeqTrainingArguments(output_dir=tempfile.mkdtemp(), seed=42, report_to="none")
-template = get_template_and_fix_tokenizer(tok, data_args)
-module = get_dataset(template, ModelArguments(model_name_or_path=tok_dir), data_args, training_args, stage="rm",
-                     tokenizer=tok, processor=None)
-strip = lambda ds: [{k: v for k, v in r.items() if k not in ("images", "videos", "audios")} for r in ds]
+module, _ = lf_dataset(tok_dir, data_dir, template, "dpo_en_demo", "rm", cutoff_len=256, max_samples=64,
+                       val_size=0.125)
 print("@@LF@@" + json.dumps({"train": strip(module["train_dataset"]), "eval": strip(module["eval_dataset"])}))
 """
 
 
 @pytest.mark.skipif(
-    not (LF_PEER / "venv" / "bin" / "python").exists() or not (REPO / "data" / "dpo_en_demo.json").exists(),
+    not LF_PYTHON.exists() or not (REPO / "data" / "dpo_en_demo.json").exists(),
     reason="LLaMA-Factory peer venv or demo data not present",
 )
 @pytest.mark.parametrize("template", ["default", "llama3"])
 def test_demo_config_equals_live_llamafactory(tmp_path, template):
     """configs/tiny_dpo.yaml's data settings (max_samples 64, val_size 0.125, seed 42, cutoff 256, with
     truncation on the long demo rows): the same train and eval rows, in the same order, as LF's pipeline."""
-    import os
-    import subprocess
-
     tok_dir = build_tiny_model(
         tmp_path / "tiny", [REPO / "data" / "dpo_en_demo.json"], vocab_size=1024, seed=0
     )
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(LF_PEER / "stubs"),
-        "HF_DATASETS_CACHE": str(tmp_path / "lf-cache"),
-    }
-    proc = subprocess.run(
-        [
-            str(LF_PEER / "venv" / "bin" / "python"),
-            "-c",
-            LF_DEMO_SCRIPT,
-            str(tok_dir),
-            str(REPO / "data"),
-            template,
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    lf = json.loads(proc.stdout.split("@@LF@@", 1)[1])
+    lf = run_llamafactory(LF_DEMO_SCRIPT, tok_dir, REPO / "data", template, cache=tmp_path / "lf-cache")
     tok = AutoTokenizer.from_pretrained(tok_dir)
     args = DataArguments(
         dataset="dpo_en_demo",

@@ -3,10 +3,8 @@
 How the goldens were made: `make_fixture(dir)` below writes the data and builds the tiny tokenizer
 (`build_tiny_model(..., vocab_size=1024, seed=0)` on the data files); then LF's full data pipeline
 (`get_template_and_fix_tokenizer` + `get_dataset`, i.e. converter, pairwise / feedback processor) ran on
-that tokenizer and data with LF_SCRIPT:
-
-    PYTHONPATH=~/.cache/prefsweep-lf-peer/stubs ~/.cache/prefsweep-lf-peer/venv/bin/python \\
-        -c "$LF_SCRIPT" TOKENIZER_DIR DATA_DIR
+that tokenizer and data with LF_SCRIPT (`tests.llamafactory_peer.run_llamafactory(LF_SCRIPT, TOKENIZER_DIR,
+DATA_DIR, ...)`: the peer venv's python, PYTHONPATH=~/.cache/prefsweep-lf-peer/stubs)
 
 and its output was written down compactly as (prompt ids, chosen ids, rejected ids): a row's
 `chosen_input_ids` is prompt + chosen, its `chosen_labels` is [-100] * len(prompt) + chosen.
@@ -17,23 +15,18 @@ goldens stand alone.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import textwrap
 from pathlib import Path
 
 import pytest
 from transformers import AutoTokenizer
 
+from tests.llamafactory_peer import LF_PYTHON, run_llamafactory
 from trainer.config import DataArguments
 from trainer.data import load_preference_data
 from trainer.data.encoding import IGNORE_INDEX, PairwiseEncoder
 from trainer.data.templates import TEMPLATES, TokenizerChatTemplate, get_template_and_fix_tokenizer
 from trainer.errors import ConfigError, DataError
 from trainer.tiny_model import build_tiny_model
-
-LF_PEER = Path.home() / ".cache" / "prefsweep-lf-peer"
-LF_PYTHON = LF_PEER / "venv" / "bin" / "python"
 
 # One sharegpt row with a system prompt and a history turn; one alpaca row with instruction + input and no
 # system (so qwen's default system prompt shows).
@@ -103,35 +96,27 @@ def make_fixture(root: Path) -> tuple[Path, Path]:
     return build_tiny_model(root / "tiny", files, vocab_size=1024, seed=0), data
 
 
-LF_SCRIPT = textwrap.dedent(
-    """
-    import json, sys, tempfile
-    from transformers import AutoTokenizer, Seq2SeqTrainingArguments
-    from llamafactory.hparams import DataArguments, ModelArguments
-    from llamafactory.data import get_template_and_fix_tokenizer, get_dataset
-    tok_dir, data_dir = sys.argv[1:3]
-    out = {}
-    for name in ["default", "empty", "chatml", "llama3", "qwen", None]:
-        for dataset, stage in (("pairs_sharegpt,pairs_alpaca", "rm"), ("kto", "kto")):
-            tok = AutoTokenizer.from_pretrained(tok_dir, padding_side="right")
-            data_args = DataArguments(template=name, dataset=dataset, dataset_dir=data_dir, cutoff_len=1024,
-                                      overwrite_cache=True)
-            training_args = Seq2SeqTrainingArguments(output_dir=tempfile.mkdtemp(), seed=42, report_to="none")
-            template = get_template_and_fix_tokenizer(tok, data_args)
-            module = get_dataset(template, ModelArguments(model_name_or_path=tok_dir), data_args, training_args,
-                                 stage=stage, tokenizer=tok, processor=None)
-            rows = [{k: v for k, v in row.items() if k not in ("images", "videos", "audios")}
-                    for row in module["train_dataset"]]
-            out[f"{name}/{stage}"] = {"rows": rows, "eos": tok.eos_token, "pad": tok.pad_token,
-                                      "chat_template": tok.chat_template}
-    print("@@LF@@" + json.dumps(out))
-    """
-)
+LF_SCRIPT = """
+tok_dir, data_dir = sys.argv[1:3]
+out = {}
+for name in ["default", "empty", "chatml", "llama3", "qwen", None]:
+    for dataset, stage in (("pairs_sharegpt,pairs_alpaca", "rm"), ("kto", "kto")):
+        module, tok = lf_dataset(tok_dir, data_dir, name, dataset, stage, cutoff_len=1024)
+        out[f"{name}/{stage}"] = {"rows": strip(module["train_dataset"]), "eos": tok.eos_token,
+                                  "pad": tok.pad_token, "chat_template": tok.chat_template}
+print("@@LF@@" + json.dumps(out))
+"""
 
 
 @pytest.fixture(scope="module")
 def fixture_dirs(tmp_path_factory) -> tuple[Path, Path]:
     return make_fixture(tmp_path_factory.mktemp("golden"))
+
+
+@pytest.fixture
+def tok(fixture_dirs):
+    """A fresh copy of the tiny tokenizer: the tests below edit it."""
+    return AutoTokenizer.from_pretrained(fixture_dirs[0])
 
 
 def ours(tok_dir: Path, data_dir: Path, template: str | None, dataset: str, stage: str, cache: Path):
@@ -141,348 +126,52 @@ def ours(tok_dir: Path, data_dir: Path, template: str | None, dataset: str, stag
     return data.train.to_list(), tok
 
 
+# fmt: off
 # (prompt ids, chosen ids, rejected ids) per row: pairs_sharegpt row 0, then pairs_alpaca row 0.
+# ChatML layout: `chatml`, and also the tiny tokenizer's own chat_template (template None).
+CHATML_PAIRWISE = [
+    ([1, 374, 206, 312, 344, 21, 2, 206, 1, 375, 206, 357, 341, 2, 206, 1, 72, 311, 206, 283, 8, 2, 206, 1, 375,
+      206, 316, 281, 271, 309, 303, 308, 38, 2, 206, 1, 72, 311, 206],
+     [304, 21, 2, 206], [48, 338, 353, 354, 21, 2, 206]),
+    ([1, 375, 206, 347, 273, 355, 310, 21, 206, 401, 393, 21, 2, 206, 1, 72, 311, 206],
+     [348, 21, 2, 206], [349, 21, 2, 206]),
+]
 GOLDEN_PAIRWISE: dict[str | None, list[tuple[list[int], list[int], list[int]]]] = {
     "default": [
-        (
-            [
-                362,
-                33,
-                379,
-                344,
-                21,
-                2,
-                206,
-                359,
-                33,
-                228,
-                357,
-                341,
-                2,
-                206,
-                356,
-                33,
-                283,
-                8,
-                2,
-                206,
-                359,
-                33,
-                228,
-                316,
-                281,
-                271,
-                309,
-                303,
-                308,
-                38,
-                2,
-                206,
-                356,
-                33,
-            ],
-            [304, 21, 2, 206],
-            [48, 338, 353, 354, 21, 2, 206],
-        ),
-        (
-            [359, 33, 228, 347, 273, 355, 310, 21, 206, 401, 393, 21, 2, 206, 356, 33],
-            [348, 21, 2, 206],
-            [349, 21, 2, 206],
-        ),
+        ([362, 33, 379, 344, 21, 2, 206, 359, 33, 228, 357, 341, 2, 206, 356, 33, 283, 8, 2, 206, 359, 33, 228,
+          316, 281, 271, 309, 303, 308, 38, 2, 206, 356, 33],
+         [304, 21, 2, 206], [48, 338, 353, 354, 21, 2, 206]),
+        ([359, 33, 228, 347, 273, 355, 310, 21, 206, 401, 393, 21, 2, 206, 356, 33],
+         [348, 21, 2, 206], [349, 21, 2, 206]),
     ],
     "empty": [
-        (
-            [312, 344, 21, 357, 341, 283, 8, 316, 281, 271, 309, 303, 308, 38],
-            [304, 21],
-            [48, 338, 353, 354, 21],
-        ),
+        ([312, 344, 21, 357, 341, 283, 8, 316, 281, 271, 309, 303, 308, 38], [304, 21], [48, 338, 353, 354, 21]),
         ([347, 273, 355, 310, 21, 206, 401, 393, 21], [348, 21], [349, 21]),
     ],
-    "chatml": [
-        (
-            [
-                1,
-                374,
-                206,
-                312,
-                344,
-                21,
-                2,
-                206,
-                1,
-                375,
-                206,
-                357,
-                341,
-                2,
-                206,
-                1,
-                72,
-                311,
-                206,
-                283,
-                8,
-                2,
-                206,
-                1,
-                375,
-                206,
-                316,
-                281,
-                271,
-                309,
-                303,
-                308,
-                38,
-                2,
-                206,
-                1,
-                72,
-                311,
-                206,
-            ],
-            [304, 21, 2, 206],
-            [48, 338, 353, 354, 21, 2, 206],
-        ),
-        (
-            [1, 375, 206, 347, 273, 355, 310, 21, 206, 401, 393, 21, 2, 206, 1, 72, 311, 206],
-            [348, 21, 2, 206],
-            [349, 21, 2, 206],
-        ),
-    ],
+    "chatml": CHATML_PAIRWISE,
     "llama3": [
-        (
-            [
-                3,
-                4,
-                374,
-                5,
-                206,
-                206,
-                312,
-                344,
-                21,
-                6,
-                4,
-                375,
-                5,
-                206,
-                206,
-                357,
-                341,
-                6,
-                4,
-                72,
-                311,
-                5,
-                206,
-                206,
-                283,
-                8,
-                6,
-                4,
-                375,
-                5,
-                206,
-                206,
-                316,
-                281,
-                271,
-                309,
-                303,
-                308,
-                38,
-                6,
-                4,
-                72,
-                311,
-                5,
-                206,
-                206,
-            ],
-            [304, 21, 6],
-            [48, 338, 353, 354, 21, 6],
-        ),
-        (
-            [3, 4, 375, 5, 206, 206, 347, 273, 355, 310, 21, 206, 401, 393, 21, 6, 4, 72, 311, 5, 206, 206],
-            [348, 21, 6],
-            [349, 21, 6],
-        ),
+        ([3, 4, 374, 5, 206, 206, 312, 344, 21, 6, 4, 375, 5, 206, 206, 357, 341, 6, 4, 72, 311, 5, 206, 206, 283,
+          8, 6, 4, 375, 5, 206, 206, 316, 281, 271, 309, 303, 308, 38, 6, 4, 72, 311, 5, 206, 206],
+         [304, 21, 6], [48, 338, 353, 354, 21, 6]),
+        ([3, 4, 375, 5, 206, 206, 347, 273, 355, 310, 21, 206, 401, 393, 21, 6, 4, 72, 311, 5, 206, 206],
+         [348, 21, 6], [349, 21, 6]),
     ],
     "qwen": [
-        (
-            [
-                1,
-                374,
-                206,
-                312,
-                344,
-                21,
-                2,
-                206,
-                1,
-                375,
-                206,
-                357,
-                341,
-                2,
-                206,
-                1,
-                72,
-                311,
-                206,
-                283,
-                8,
-                2,
-                206,
-                1,
-                375,
-                206,
-                316,
-                281,
-                271,
-                309,
-                303,
-                308,
-                38,
-                2,
-                206,
-                1,
-                72,
-                311,
-                206,
-            ],
-            [304, 21, 2, 206],
-            [48, 338, 353, 354, 21, 2, 206],
-        ),
-        (
-            [
-                1,
-                374,
-                206,
-                364,
-                352,
-                228,
-                56,
-                94,
-                321,
-                19,
-                270,
-                330,
-                274,
-                76,
-                75,
-                295,
-                96,
-                228,
-                40,
-                83,
-                80,
-                73,
-                72,
-                73,
-                72,
-                228,
-                42,
-                267,
-                92,
-                75,
-                21,
-                384,
-                352,
-                273,
-                405,
-                342,
-                21,
-                2,
-                206,
-                1,
-                375,
-                206,
-                347,
-                273,
-                355,
-                310,
-                21,
-                206,
-                401,
-                393,
-                21,
-                2,
-                206,
-                1,
-                72,
-                311,
-                206,
-            ],
-            [348, 21, 2, 206],
-            [349, 21, 2, 206],
-        ),
+        CHATML_PAIRWISE[0],  # an explicit system replaces qwen's default
+        ([1, 374, 206, 364, 352, 228, 56, 94, 321, 19, 270, 330, 274, 76, 75, 295, 96, 228, 40, 83, 80, 73, 72,
+          73, 72, 228, 42, 267, 92, 75, 21, 384, 352, 273, 405, 342, 21, 2, 206, 1, 375, 206, 347, 273, 355, 310,
+          21, 206, 401, 393, 21, 2, 206, 1, 72, 311, 206],
+         [348, 21, 2, 206], [349, 21, 2, 206]),
     ],
-    None: [
-        (
-            [
-                1,
-                374,
-                206,
-                312,
-                344,
-                21,
-                2,
-                206,
-                1,
-                375,
-                206,
-                357,
-                341,
-                2,
-                206,
-                1,
-                72,
-                311,
-                206,
-                283,
-                8,
-                2,
-                206,
-                1,
-                375,
-                206,
-                316,
-                281,
-                271,
-                309,
-                303,
-                308,
-                38,
-                2,
-                206,
-                1,
-                72,
-                311,
-                206,
-            ],
-            [304, 21, 2, 206],
-            [48, 338, 353, 354, 21, 2, 206],
-        ),
-        (
-            [1, 375, 206, 347, 273, 355, 310, 21, 206, 401, 393, 21, 2, 206, 1, 72, 311, 206],
-            [348, 21, 2, 206],
-            [349, 21, 2, 206],
-        ),
-    ],
+    None: CHATML_PAIRWISE,
 }
 # kto under `default`: (prompt ids, response ids, kl response ids, kto_tag) per row.
 GOLDEN_KTO_DEFAULT: list[tuple[list[int], list[int], list[int], bool]] = [
     ([359, 33, 228, 361, 396, 21, 2, 206, 356, 33], [283, 341, 8, 2, 206], [304, 21, 2, 206], True),
     ([359, 33, 228, 347, 273, 310, 21, 2, 206, 356, 33], [349, 21, 2, 206], [283, 341, 8, 2, 206], False),
-    (
-        [359, 33, 228, 316, 281, 271, 309, 303, 308, 38, 2, 206, 356, 33],
-        [304, 21, 2, 206],
-        [349, 21, 2, 206],
-        True,
-    ),
+    ([359, 33, 228, 316, 281, 271, 309, 303, 308, 38, 2, 206, 356, 33], [304, 21, 2, 206], [349, 21, 2, 206], True),
 ]
+# fmt: on
 
 
 def split_pairwise(row: dict) -> tuple[list[int], list[int], list[int]]:
@@ -527,9 +216,8 @@ def test_kto_ids_and_kl_pairs_equal_llamafactory(fixture_dirs, tmp_path):
     assert [tag for *_, tag in got] == [row["label"] for row in KTO_ALPACA]
 
 
-def test_golden_layouts_read_as_the_templates_say(fixture_dirs):
+def test_golden_layouts_read_as_the_templates_say(tok):
     """Decoding the goldens shows the layout each template promises (guards the goldens themselves)."""
-    tok = AutoTokenizer.from_pretrained(fixture_dirs[0])
     text = {name: [tok.decode(p + c) for p, c, _ in rows] for name, rows in GOLDEN_PAIRWISE.items()}
     assert (
         text["default"][1] == "Human: Name a primary color.\nJust one.<|im_end|>\nAssistant:Red.<|im_end|>\n"
@@ -560,15 +248,13 @@ def test_golden_layouts_read_as_the_templates_say(fixture_dirs):
         ("qwen", "<|im_end|>", "<|endoftext|>"),
     ],
 )
-def test_templates_fix_the_tokenizer_as_llamafactory(fixture_dirs, template, eos, pad):
-    tok = AutoTokenizer.from_pretrained(fixture_dirs[0])
+def test_templates_fix_the_tokenizer_as_llamafactory(tok, template, eos, pad):
     size = len(tok)
     get_template_and_fix_tokenizer(tok, template)
     assert (tok.eos_token, tok.pad_token, len(tok)) == (eos, pad, size)
 
 
-def test_missing_pad_becomes_eos_and_default_rewrites_the_chat_template(fixture_dirs):
-    tok = AutoTokenizer.from_pretrained(fixture_dirs[0])
+def test_missing_pad_becomes_eos_and_default_rewrites_the_chat_template(tok):
     tok.pad_token = None
     get_template_and_fix_tokenizer(tok, "default")
     assert tok.pad_token == tok.eos_token == "<|im_end|>"
@@ -578,20 +264,17 @@ def test_missing_pad_becomes_eos_and_default_rewrites_the_chat_template(fixture_
     assert rendered == "Human: Hi<|im_end|>\nAssistant:Yo<|im_end|>\n"
 
 
-def test_no_template_and_no_chat_template_falls_back_to_empty(fixture_dirs):
-    tok = AutoTokenizer.from_pretrained(fixture_dirs[0])
+def test_no_template_and_no_chat_template_falls_back_to_empty(tok):
     tok.chat_template = None
     assert get_template_and_fix_tokenizer(tok, None) is TEMPLATES["empty"]
 
 
-def test_unknown_template_is_a_config_error(fixture_dirs):
-    tok = AutoTokenizer.from_pretrained(fixture_dirs[0])
+def test_unknown_template_is_a_config_error(tok):
     with pytest.raises(ConfigError, match="template 'chatm1' is unknown"):
         get_template_and_fix_tokenizer(tok, "chatm1")
 
 
-def test_chat_template_path_takes_response_after_generation_prompt(fixture_dirs):
-    tok = AutoTokenizer.from_pretrained(fixture_dirs[0])
+def test_chat_template_path_takes_response_after_generation_prompt(tok):
     template = get_template_and_fix_tokenizer(tok, None)
     assert isinstance(template, TokenizerChatTemplate)
     prompt, response = template.encode_oneturn(
@@ -605,8 +288,7 @@ def test_chat_template_path_takes_response_after_generation_prompt(fixture_dirs)
     assert tok.decode(response) == "Paris.<|im_end|>\n"
 
 
-def test_chat_template_whose_prompt_is_not_a_prefix_is_a_data_error(fixture_dirs):
-    tok = AutoTokenizer.from_pretrained(fixture_dirs[0])
+def test_chat_template_whose_prompt_is_not_a_prefix_is_a_data_error(tok):
     # the generation prompt says "bot" but finished turns say "assistant": the prompt is not a prefix
     tok.chat_template = (
         "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -623,20 +305,7 @@ def test_chat_template_whose_prompt_is_not_a_prefix_is_a_data_error(fixture_dirs
 @pytest.mark.skipif(not LF_PYTHON.exists(), reason="LLaMA-Factory peer venv not installed")
 def test_goldens_equal_live_llamafactory(fixture_dirs, tmp_path):
     """Re-runs LF_SCRIPT (LLaMA-Factory's own pipeline) and compares it with the goldens and with us."""
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(LF_PEER / "stubs"),
-        "HF_DATASETS_CACHE": str(tmp_path / "lf-cache"),
-    }
-    proc = subprocess.run(
-        [str(LF_PYTHON), "-c", LF_SCRIPT, *map(str, fixture_dirs)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    lf = json.loads(proc.stdout.split("@@LF@@", 1)[1])
+    lf = run_llamafactory(LF_SCRIPT, *fixture_dirs, cache=tmp_path / "lf-cache")
     assert [split_kto(row) for row in lf["default/kto"]["rows"]] == GOLDEN_KTO_DEFAULT
     for template in TEMPLATE_NAMES:
         assert [split_pairwise(row) for row in lf[f"{template}/rm"]["rows"]] == GOLDEN_PAIRWISE[template]
