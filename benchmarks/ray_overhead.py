@@ -1,0 +1,588 @@
+"""Ray Train overhead: the same training run in-process vs through Ray Train with one worker (issue 4).
+
+    python -m benchmarks.ray_overhead [--rounds 3] [--quick] [--max-samples N] [--device cpu|cuda]
+        [--profile] [--keep-logs DIR] [--out benchmarks/results/ray_overhead.json]
+    python -m benchmarks.ray_overhead --report benchmarks/results/ray_overhead.json
+
+What runs: `prefsweep train CONFIG use_ray=false|true output_dir=... --no-mlflow`, the console script users
+run, each run its own subprocess; the variants alternate A B A B over `--rounds`. CONFIG is
+`configs/tiny_dpo.yaml` with the model, `max_samples` and the `ray:` section replaced (written once, shared
+by both variants, so the variants differ only in `use_ray`):
+
+- model: a random `LlamaForCausalLM` from `trainer.tiny_model` with the 32k vocabulary of
+  `benchmarks.step_throughput` (hidden 256, 4 layers), built once into a temporary directory;
+- data: `data/dpo_en_demo.json`, `max_samples` 128 (112 train / 16 eval pairs: 28 steps of 4 pairs,
+  evaluation every 8 steps and at the end, loss logged every 2 steps); `--quick`: 16 samples (4 steps);
+- `precompute_ref: never` (no reference cache in either run), `report_to: none` and `--no-mlflow` (no
+  tracking), no checkpoints (`save_strategy: "no"`; both save the final model), `use_cpu` on CPU;
+- `ray:` one worker (`use_gpu` with `--device cuda`), `storage_path` in the temporary directory. Ray is
+  the private local Ray that `prefsweep train` starts when `RAY_ADDRESS` is unset (it is removed from
+  the runs' environment); the run's own exit shuts it down, and the driver checks that no process of
+  the run's session outlives it (leftovers are reported, then killed).
+
+Measured per run: wall time from subprocess start to exit (the target metric), `train_runtime` from the
+output dir's `all_results.json` (the Hugging Face trainer's own clock around `train()`), the phase
+timeline from the run's output as it arrives (first output, data loaded, weights loaded, training start
+and end, "run finished", exit), and the 1-minute load average before the run. Ratios are medians of
+per-round ratios; Ray's fixed cost is the median per-round difference of (wall - train_runtime), its
+per-step cost the median difference of train_runtime divided by the steps. Both variants must log the
+same losses (every logged training loss and the final `train_loss` within 1e-5); otherwise no ratio is
+reported.
+
+`--profile` adds one instrumented Ray run per round-less pass: the driver runs the same CLI under
+`benchmarks.ray_overhead --profile-driver`, which times Ray's start (`ensure_ray`), `TorchTrainer.fit`
+and Ray's shutdown at exit, so the start-up cost splits into Ray start / worker group start / training /
+shutdown.
+
+Target (issue 4): Ray Train 1 worker / in-process wall time <= 1.10x on a run of at least a minute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from benchmarks._common import machine_facts, median, package_version, write_json
+
+REPO = Path(__file__).resolve().parents[1]
+BASE_CONFIG = REPO / "configs" / "tiny_dpo.yaml"
+DATA = REPO / "data" / "dpo_en_demo.json"
+VARIANTS = ("in_process", "ray_1_worker")
+TARGET_RATIO = 1.10  # issue 4: Ray Train 1 worker / in-process wall time
+MIN_RUN_SECONDS = 60.0  # ... on a run of at least a minute
+LOSS_TOLERANCE = 1e-5
+MODEL = {"vocab_size": 32000, "hidden_size": 256, "intermediate_size": 1024, "num_hidden_layers": 4,
+         "num_attention_heads": 8, "num_key_value_heads": 4}
+PROFILE_TAG = "[ray_overhead]"
+
+# Phase markers in a run's output (stdout + stderr, as it arrives; Ray forwards worker output with a
+# "(RayTrainWorker pid=...)" prefix). The first chunk that matches sets the phase's time.
+MARKERS = {
+    "data_loaded": re.compile(r"\): \d+ rows"),
+    "weights_loaded": re.compile(r"Loading weights:.*100%"),
+    "train_start": re.compile(r"(?<![\d/])0/\d+ \["),
+    "train_end": re.compile(r"\*{5} train metrics \*{5}"),
+    "run_finished": re.compile(r"prefsweep: run finished"),
+}
+PHASES = ("first_output", *MARKERS, "exit")
+
+
+# ---- one run -----------------------------------------------------------------------------------------
+
+
+def cli_command() -> list[str]:
+    """`prefsweep` next to this Python (the venv's console script), else `python -m rayjobs.cli`."""
+    script = Path(sys.executable).parent / "prefsweep"
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "rayjobs.cli"]
+
+
+def run_env() -> dict[str, str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false"}
+    env.pop("RAY_ADDRESS", None)  # a private local Ray, as on a laptop
+    return env
+
+
+class OutputClock:
+    """Reads a process's merged output in a thread; the time (s since `t0`) of each marker's first match."""
+
+    def __init__(self, stream, t0: float, log_path: Path):
+        self.t0 = t0
+        self.times: dict[str, float] = {}
+        self.profile: dict[str, float] = {}
+        self._stream = stream
+        self._log = log_path.open("wb")
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        pending = b""
+        while True:
+            chunk = os.read(self._stream.fileno(), 65536)
+            if not chunk:
+                break
+            now = time.perf_counter() - self.t0
+            self._log.write(chunk)
+            pending += chunk
+            *pieces, pending = re.split(rb"[\r\n]", pending)
+            for piece in pieces:
+                self._scan(piece.decode("utf-8", "replace"), now)
+        self._scan(pending.decode("utf-8", "replace"), time.perf_counter() - self.t0)
+        self._log.close()
+
+    def _scan(self, text: str, now: float) -> None:
+        if not text.strip():
+            return
+        self.times.setdefault("first_output", now)
+        if "(RayTrainWorker" in text:
+            self.times.setdefault("worker_first_output", now)
+        for name, pattern in MARKERS.items():
+            if name not in self.times and pattern.search(text) and not (name == "train_start" and "Loading" in text):
+                self.times[name] = now
+        if text.startswith(PROFILE_TAG):  # "[ray_overhead] NAME SECONDS_SINCE_START" from --profile-driver
+            _, name, seconds = text.split()
+            self.profile[name] = float(seconds)
+
+    def join(self) -> None:
+        self._thread.join(timeout=30)
+
+
+def session_processes(sid: int) -> list[dict]:
+    """Processes still alive in session `sid` (the run's own session: its Ray daemons and workers)."""
+    alive = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace").strip()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[3]) == sid and fields[0] != "Z":  # fields[0] state, [3] session id
+            alive.append({"pid": int(entry.name), "cmd": cmd[:160]})
+    return alive
+
+
+def launch(variant: str, config: Path, output_dir: Path, log_path: Path, *, profile: bool = False,
+           timeout: float = 1800) -> dict:
+    """Run the CLI once; wall time, trainer metrics, losses, phase times, leftover processes."""
+    use_ray = variant != "in_process"
+    args = ["train", str(config), f"use_ray={str(use_ray).lower()}", f"output_dir={output_dir}", "--no-mlflow"]
+    cmd = ([sys.executable, "-m", "benchmarks.ray_overhead", "--profile-driver", *args] if profile
+           else [*cli_command(), *args])
+    env = run_env()
+    marks_path = log_path.with_suffix(".marks")
+    if profile:
+        site = log_path.parent / "profile_site"
+        site.mkdir(exist_ok=True)
+        (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(site), env.get("PYTHONPATH")) if p)
+        env["RAY_OVERHEAD_MARKS"] = str(marks_path)
+    load = os.getloadavg()[0]
+    start_unix = time.time()
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    clock = OutputClock(proc.stdout, start, log_path)
+    deadline = start + timeout
+    while True:  # wait4 for the child's own CPU time (and that of the descendants it reaped)
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        if time.perf_counter() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+        time.sleep(0.02)
+    wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    clock.join()
+    clock.times["exit"] = wall
+    time.sleep(1.0)  # Ray's daemons notice their driver's exit within a moment
+    leftovers = session_processes(proc.pid)
+    for p in leftovers:  # only processes of this run's own session
+        try:
+            os.kill(p["pid"], signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    if proc.returncode != 0:
+        sys.stderr.write(f"--- {variant} failed (rc {proc.returncode}); last output:\n"
+                         f"{log_path.read_bytes()[-6000:].decode('utf-8', 'replace')}\n")
+        raise SystemExit(f"{variant} run failed; full log {log_path}")
+    results = json.loads((output_dir / "all_results.json").read_text())
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    return {
+        "variant": variant,
+        "wall_seconds": wall,
+        "train_runtime": results["train_runtime"],
+        "train_loss": results["train_loss"],
+        "eval_loss": results.get("eval_loss"),
+        "steps": state["global_step"],
+        "logged_losses": [[e["step"], e["loss"]] for e in state["log_history"] if "loss" in e],
+        "phase_seconds": clock.times,
+        "profile_seconds": {**clock.profile, **worker_marks(marks_path, start_unix)},
+        "cpu_seconds": usage.ru_utime + usage.ru_stime,
+        "load_average_1min_before": load,
+        "leftover_processes": leftovers,
+    }
+
+
+# ---- --profile: the CLI with Ray's start, fit and shutdown timed, and marks from the Ray workers -------
+
+# Put on the PYTHONPATH of a profiled run (the local Ray hands the driver's PYTHONPATH to its workers):
+# every Ray worker process appends "NAME UNIX_TIME PID" lines to $RAY_OVERHEAD_MARKS when it starts,
+# when it first imports torch, and when it starts the training function (imports rayjobs.worker).
+SITECUSTOMIZE = """
+import os, sys, time
+_path = os.environ.get("RAY_OVERHEAD_MARKS")
+try:
+    _cmd = open("/proc/self/cmdline", "rb").read().replace(b"\\0", b" ").decode("utf-8", "replace")
+except OSError:
+    _cmd = ""
+if _path and "default_worker.py" in _cmd:
+    def _mark(name):
+        with open(_path, "a") as handle:
+            handle.write(f"{name} {time.time():.3f} {os.getpid()}\\n")
+
+    _mark("worker_process_start")
+
+    class _Marks:
+        watched = {"torch": "worker_imports_torch", "rayjobs.worker": "train_fn_start",
+                   "trainer.workflow": "worker_imports_trainer"}
+
+        def find_spec(self, name, path=None, target=None):
+            label = self.watched.pop(name, None)
+            if label:
+                _mark(label)
+            if label == "train_fn_start" and "torch" in sys.modules:
+                _mark(f"torch_threads={sys.modules['torch'].get_num_threads()}")
+                _mark(f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
+            return None
+
+    sys.meta_path.insert(0, _Marks())
+"""
+
+
+def worker_marks(path: Path, t0_unix: float) -> dict:
+    """Marks of the Ray worker that ran the training function, as seconds since the run started."""
+    if not path.is_file():
+        return {}
+    lines = [line.split() for line in path.read_text().splitlines() if line.strip()]
+    train_pids = {pid for name, _, pid in lines if name == "train_fn_start"}
+    marks: dict[str, float | str] = {}
+    for name, when, pid in lines:
+        if pid in train_pids and "=" in name:  # a fact of the training worker, not a time
+            key, value = name.split("=", 1)
+            marks[f"worker_{key}"] = value
+        elif pid in train_pids:
+            marks.setdefault(name, float(when) - t0_unix)
+    marks["ray_worker_processes"] = len({pid for name, _, pid in lines if name == "worker_process_start"})
+    return marks
+
+
+
+def profile_driver(argv: list[str]) -> int:
+    """Run `prefsweep` (argv) with `ensure_ray`, `TorchTrainer.fit` and Ray's exit-time shutdown timed.
+
+    Prints "[ray_overhead] NAME SECONDS" lines (seconds since this process started), read by
+    `OutputClock`. Patches this process only; the run is otherwise the CLI's.
+    """
+    import atexit
+
+    t0 = time.perf_counter()
+
+    def mark(name: str) -> None:
+        print(f"{PROFILE_TAG} {name} {time.perf_counter() - t0:.3f}", flush=True)
+
+    from ray.train.torch import TorchTrainer
+
+    import rayjobs.local_ray
+    import rayjobs.train
+
+    mark("imports_done")
+
+    def timed(owner, attr: str, name: str) -> None:
+        inner = getattr(owner, attr)
+
+        def wrapper(*args, **kwargs):
+            mark(f"{name}_begin")
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                mark(f"{name}_end")
+
+        setattr(owner, attr, wrapper)
+
+    timed(rayjobs.local_ray, "ensure_ray", "ensure_ray")
+    timed(TorchTrainer, "fit", "fit")
+    # atexit runs the last registered first: ours (registered once Ray is up) before Ray's own hook.
+    ensure_ray = rayjobs.local_ray.ensure_ray
+
+    def shutdown_timed() -> None:
+        import ray
+
+        mark("atexit_first")
+        ray.shutdown()  # what Ray's own exit hook would do next; timed here
+        mark("ray_shutdown_end")
+
+    def ensure_ray_then_mark(*args, **kwargs):
+        how = ensure_ray(*args, **kwargs)
+        atexit.register(shutdown_timed)
+        return how
+
+    rayjobs.local_ray.ensure_ray = ensure_ray_then_mark
+    from rayjobs.cli import main as cli_main
+
+    return cli_main(argv)
+
+
+# ---- the benchmark -----------------------------------------------------------------------------------
+
+
+def write_config(args, model_dir: Path, root: Path) -> tuple[Path, dict]:
+    """`configs/tiny_dpo.yaml` with this benchmark's model, size and Ray section; shared by both variants."""
+    import yaml
+
+    config = yaml.safe_load(BASE_CONFIG.read_text())
+    config.update(
+        model_name_or_path=str(model_dir),
+        dataset_dir=str(REPO / "data"),
+        max_samples=args.max_samples or (16 if args.quick else 128),
+        precompute_ref="never",
+        report_to="none",
+        save_strategy="no",
+        ray={"num_workers": 1, "use_gpu": args.device == "cuda", "storage_path": str(root / "ray_storage")},
+    )
+    if args.device == "cuda":
+        config["bf16"] = True
+    else:
+        config["use_cpu"] = True  # also where a GPU exists: the benchmark asked for CPU
+    path = root / "config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path, config
+
+
+def same_losses(runs: dict[str, list[dict]]) -> dict:
+    """Whether every run logged the same training losses and final train_loss (within LOSS_TOLERANCE)."""
+    reference = runs["in_process"][0]
+    worst = 0.0
+    for rs in runs.values():
+        for run in rs:
+            if [s for s, _ in run["logged_losses"]] != [s for s, _ in reference["logged_losses"]]:
+                return {"same": False, "why": "different logged steps", "max_abs_diff": None}
+            diffs = [abs(a[1] - b[1]) for a, b in zip(run["logged_losses"], reference["logged_losses"])]
+            worst = max([worst, abs(run["train_loss"] - reference["train_loss"]), *diffs])
+    return {"same": worst <= LOSS_TOLERANCE, "max_abs_diff": worst, "train_loss": reference["train_loss"],
+            "tolerance": LOSS_TOLERANCE}
+
+
+def summarize(runs: dict[str, list[dict]]) -> dict:
+    medians = {}
+    for name, rs in runs.items():
+        phases = {p: median([r["phase_seconds"][p] for r in rs if p in r["phase_seconds"]])
+                  for p in (*PHASES, "worker_first_output") if any(p in r["phase_seconds"] for r in rs)}
+        medians[name] = {
+            "wall_seconds": median([r["wall_seconds"] for r in rs]),
+            "wall_seconds_per_round": [r["wall_seconds"] for r in rs],
+            "train_runtime": median([r["train_runtime"] for r in rs]),
+            "outside_training_seconds": median([r["wall_seconds"] - r["train_runtime"] for r in rs]),
+            "cpu_seconds": median([r["cpu_seconds"] for r in rs]),
+            "phase_seconds": phases,
+        }
+    pairs = list(zip(runs["ray_1_worker"], runs["in_process"]))  # same round = neighbours in time
+    steps = runs["in_process"][0]["steps"]
+    per_round = [a["wall_seconds"] / b["wall_seconds"] for a, b in pairs]
+    comparison = {
+        "wall_ratio": median(per_round),
+        "wall_ratio_per_round": per_round,
+        "train_runtime_ratio": median([a["train_runtime"] / b["train_runtime"] for a, b in pairs]),
+        "extra_wall_seconds": median([a["wall_seconds"] - b["wall_seconds"] for a, b in pairs]),
+        "startup_overhead_seconds": median([(a["wall_seconds"] - a["train_runtime"])
+                                            - (b["wall_seconds"] - b["train_runtime"]) for a, b in pairs]),
+        "per_step_overhead_seconds": median([(a["train_runtime"] - b["train_runtime"]) / steps for a, b in pairs]),
+        "steps": steps,
+    }
+    return {"medians": medians, "comparison": comparison}
+
+
+def check_target(summary: dict, losses: dict, quick: bool = False) -> dict:
+    ratio = summary["comparison"]["wall_ratio"]
+    base_wall = summary["medians"]["in_process"]["wall_seconds"]
+    check = {"what": "wall ray_1_worker / in_process", "value": ratio, "target": f"<= {TARGET_RATIO}",
+             "met": ratio <= TARGET_RATIO, "in_process_wall_seconds": base_wall}
+    if not losses["same"]:
+        check.update(value=None, met=None, why="the variants trained differently; no ratio")
+    elif quick:
+        check.update(met=None, why="--quick: a smoke run, not the benchmark's run")
+    elif base_wall < MIN_RUN_SECONDS:
+        check.update(met=None, why=f"the in-process run took {base_wall:.0f} s < {MIN_RUN_SECONDS:.0f} s: "
+                                   "the target is for a run of at least a minute (no --quick)")
+    return check
+
+
+def print_results(runs: dict[str, list[dict]], summary: dict, losses: dict, check: dict,
+                  profiles: list[dict]) -> None:
+    med, cmp_ = summary["medians"], summary["comparison"]
+    rounds = len(runs["in_process"])
+    print(f"\n{'variant':<14}" + "".join(f"{f'round {i + 1}':>9}" for i in range(rounds))
+          + f"{'median':>9}{'trainer':>9}{'outside':>9}{'cpu s':>8}")
+    print("-" * (14 + 9 * rounds + 35))
+    for name in VARIANTS:
+        m = med[name]
+        print(f"{name:<14}" + "".join(f"{w:>9.1f}" for w in m["wall_seconds_per_round"])
+              + f"{m['wall_seconds']:>9.1f}{m['train_runtime']:>9.1f}{m['outside_training_seconds']:>9.1f}"
+              f"{m['cpu_seconds']:>8.1f}")
+    print("(wall seconds, subprocess start to exit; trainer: train_runtime; outside: wall - train_runtime;"
+          "\n cpu s: user + sys of the CLI process and the children it reaped)")
+    print("\nphase times, seconds since the subprocess started (medians; from the run's output as it arrived)")
+    phases = [p for p in (*PHASES[:1], "worker_first_output", *PHASES[1:]) if any(p in med[v]["phase_seconds"]
+                                                                                  for v in VARIANTS)]
+    print(f"{'phase':<22}" + "".join(f"{v:>14}" for v in VARIANTS) + f"{'difference':>12}")
+    for p in phases:
+        values = [med[v]["phase_seconds"].get(p) for v in VARIANTS]
+        diff = f"{values[1] - values[0]:>12.1f}" if None not in values else f"{'':>12}"
+        print(f"{p:<22}" + "".join(f"{x:>14.1f}" if x is not None else f"{'-':>14}" for x in values) + diff)
+    print(f"\nlosses: {'the same' if losses['same'] else 'DIFFERENT'} in every run (final train_loss "
+          f"{losses['train_loss']:.6f}, max |difference| {losses['max_abs_diff']}, tolerance {LOSS_TOLERANCE})")
+    if losses["same"]:
+        print(f"Ray start-up cost (difference of wall - train_runtime): {cmp_['startup_overhead_seconds']:+.1f} s; "
+              f"per-step cost: {cmp_['per_step_overhead_seconds']:+.3f} s x {cmp_['steps']} steps "
+              f"(train_runtime ratio {cmp_['train_runtime_ratio']:.3f}x)")
+        print(f"wall ratio ray_1_worker / in_process: {cmp_['wall_ratio']:.3f}x (per round "
+              f"{', '.join(f'{r:.3f}' for r in cmp_['wall_ratio_per_round'])}; +{cmp_['extra_wall_seconds']:.1f} s)")
+    status = {True: "MET ", False: "MISS", None: "N/A "}[check["met"]]
+    value = f"{check['value']:.3f}x" if check["value"] is not None else "-"
+    print(f"{status} {check['what']}: {value} (target {check['target']}){'; ' + check['why'] if 'why' in check else ''}")
+    loads = [f"{r['load_average_1min_before']:.1f}" for v in VARIANTS for r in runs[v]]
+    print(f"1-min load average before the runs: {', '.join(loads)}")
+    leftovers = [p for v in VARIANTS for r in runs[v] for p in r["leftover_processes"]]
+    if leftovers:
+        print(f"WARNING: {len(leftovers)} processes outlived their run (killed): {leftovers[:3]}")
+    for prof in profiles:
+        print_profile(prof)
+
+
+def print_profile(run: dict) -> None:
+    """Where the instrumented Ray run's wall time went, from `--profile-driver`'s marks."""
+    p, ph = run["profile_seconds"], run["phase_seconds"]
+    # The worker's own training start/end are not marked; the output clock's train_end arrives through
+    # Ray's log forwarding, late. Place train_runtime so that it ends where the output says, but never
+    # after fit returns.
+    train_end = min(x for x in (ph.get("train_end"), p.get("fit_end")) if x is not None) if ph.get("train_end") else None
+    train_begin = train_end - run["train_runtime"] if train_end is not None else None
+    spans = [
+        ("process start -> imports (torch-free driver, ray, ray.train)", 0.0, p.get("imports_done")),
+        ("imports -> config read, ensure_ray called", p.get("imports_done"), p.get("ensure_ray_begin")),
+        ("ensure_ray (local Ray start: GCS, raylet, dashboard)", p.get("ensure_ray_begin"), p.get("ensure_ray_end")),
+        ("-> TorchTrainer.fit called", p.get("ensure_ray_end"), p.get("fit_begin")),
+        ("fit -> worker imports torch (controller, worker actor start)", p.get("fit_begin"),
+         p.get("worker_imports_torch")),
+        ("-> training function starts (process group, Ray Train setup)", p.get("worker_imports_torch"),
+         p.get("train_fn_start")),
+        ("-> worker has imported trainer (transformers, datasets...)", p.get("train_fn_start"),
+         p.get("worker_imports_trainer")),
+        ("-> training starts (data, model, reference; fit_end - train part)", p.get("worker_imports_trainer"),
+         train_begin),
+        ("training (train_runtime)", train_begin, train_end),
+        ("-> fit returns (final eval, save, worker group shutdown)", train_end, p.get("fit_end")),
+        ("fit -> main returns (summary)", p.get("fit_end"), p.get("atexit_first")),
+        ("ray.shutdown at exit", p.get("atexit_first"), p.get("ray_shutdown_end")),
+        ("-> exit (interpreter teardown)", p.get("ray_shutdown_end"), ph.get("exit")),
+    ]
+    print(f"\nprofile of one Ray run ({run['wall_seconds']:.1f} s wall, train_runtime {run['train_runtime']:.1f} s):")
+    for label, a, b in spans:
+        print(f"  {label:<68}{b - a:>7.1f} s" if a is not None and b is not None else f"  {label:<68}{'?':>7}")
+    facts = {k: v for k, v in p.items() if k in ("worker_torch_threads", "worker_OMP_NUM_THREADS",
+                                                  "ray_worker_processes")}
+    print(f"  training worker: {facts} (the in-process run uses torch's default, one thread per core)")
+
+
+def report(path: Path) -> int:
+    results = json.loads(path.read_text())
+    runs = results["runs"]
+    losses = same_losses(runs)
+    summary = summarize(runs)
+    check = check_target(summary, losses, results["setup"].get("quick", False))
+    print_results(runs, summary, losses, check, results.get("profiles") or [])
+    write_json(path, {**results, **summary, "losses": losses, "check": check})
+    return 0
+
+
+def git_state() -> dict:
+    def git(*cmd: str) -> str:
+        proc = subprocess.run(["git", *cmd], cwd=REPO, capture_output=True, text=True)
+        return proc.stdout.strip() if proc.returncode == 0 else ""
+
+    return {"commit": git("rev-parse", "HEAD"),
+            "dirty": {d: bool(git("status", "--porcelain", "--", d)) for d in ("trainer", "rayjobs")}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--profile-driver"]:
+        return profile_driver(argv[1:])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3, help="alternation rounds A B A B (default 3)")
+    parser.add_argument("--quick", action="store_true", help="smoke test: 16 samples (4 steps), 1 round")
+    parser.add_argument("--max-samples", type=int, default=None, help="default 128 (--quick: 16)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="cuda: bf16, one GPU for the in-process run and for the Ray worker")
+    parser.add_argument("--profile", action="store_true",
+                        help="after the rounds, one instrumented Ray run: where Ray's extra time goes")
+    parser.add_argument("--keep-logs", metavar="DIR", help="copy every run's output log here")
+    parser.add_argument("--run-timeout", type=int, default=1800, help="seconds per run")
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "ray_overhead.json"))
+    parser.add_argument("--report", metavar="JSON", help="recompute and print a results file's tables")
+    args = parser.parse_args(argv)
+    if args.report:
+        return report(Path(args.report))
+    if args.quick and "--rounds" not in argv:
+        args.rounds = 1
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            parser.error("--device cuda, but this Python's torch sees no GPU")
+
+    from trainer.tiny_model import build_tiny_model
+
+    runs: dict[str, list[dict]] = {v: [] for v in VARIANTS}
+    profiles: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="ray-overhead-") as tmp:
+        root = Path(tmp)
+        start = time.perf_counter()
+        model_dir = build_tiny_model(root / "model", [DATA], seed=0, **MODEL)
+        print(f"tiny model built in {time.perf_counter() - start:.1f} s")
+        config_path, config = write_config(args, model_dir, root)
+        logs = root / "logs"
+        logs.mkdir()
+        for rnd in range(args.rounds):
+            for variant in VARIANTS:
+                name = f"{variant}-{rnd}"
+                run = launch(variant, config_path, root / "out" / name, logs / f"{name}.log", timeout=args.run_timeout)
+                runs[variant].append(run)
+                print(f"round {rnd + 1}/{args.rounds} {variant:<14} wall {run['wall_seconds']:6.1f} s  "
+                      f"train_runtime {run['train_runtime']:6.1f} s  train_loss {run['train_loss']:.6f}  "
+                      f"load before {run['load_average_1min_before']:.1f}", flush=True)
+        if args.profile:
+            run = launch("ray_1_worker", config_path, root / "out" / "profile", logs / "profile.log", profile=True,
+                         timeout=args.run_timeout)
+            profiles.append(run)
+        if args.keep_logs:
+            shutil.copytree(logs, args.keep_logs, dirs_exist_ok=True)
+
+    losses = same_losses(runs)
+    summary = summarize(runs)
+    check = check_target(summary, losses, args.quick)
+    print_results(runs, summary, losses, check, profiles)
+    write_json(args.out, {
+        "command": "python -m benchmarks.ray_overhead " + " ".join(argv),
+        "machine": machine_facts(args.device),
+        "git": git_state(),
+        "load_average_after": os.getloadavg(),
+        "versions": {p: package_version(None, p) for p in ("ray", "torch", "transformers", "accelerate")},
+        "setup": {"config": {k: v for k, v in config.items() if k != "model_name_or_path"}, "model": MODEL,
+                  "base_config": str(BASE_CONFIG.relative_to(REPO)), "cli": cli_command()[-1],
+                  "rounds": args.rounds, "quick": args.quick, "ray_address": "local (RAY_ADDRESS unset)"},
+        **summary,
+        "losses": losses,
+        "target": {"wall_ratio_at_most": TARGET_RATIO, "min_run_seconds": MIN_RUN_SECONDS},
+        "check": check,
+        "runs": runs,
+        "profiles": profiles,
+    })
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
