@@ -201,6 +201,8 @@ LEGACY_KEYS = {
     "evaluation_strategy": "eval_strategy",
     "no_cuda": "use_cpu",
 }
+# Boolean keys transformers 5 turned into a choice: old flag -> (new key, the choice `true` stands for).
+LEGACY_FLAGS = {"group_by_length": ("train_sampling_strategy", "group_by_length")}
 IGNORED_LEGACY_KEYS = {
     "logging_dir": "transformers 5 removed it; logs go to output_dir",
     "save_safetensors": "weights are always saved as safetensors",
@@ -217,7 +219,8 @@ def _training_fields() -> dict[str, Any]:
 
 def valid_keys() -> list[str]:
     keys = [f.name for g in GROUPS.values() for f in dataclasses.fields(g)]
-    return keys + list(_training_fields()) + ["use_ray", "ray"] + list(LEGACY_KEYS) + list(IGNORED_LEGACY_KEYS)
+    legacy = list(LEGACY_KEYS) + list(LEGACY_FLAGS) + list(IGNORED_LEGACY_KEYS)
+    return keys + list(_training_fields()) + ["use_ray", "ray"] + legacy
 
 
 def _unknown_key_error(key: str, candidates: list[str], where: str = "") -> ConfigError:
@@ -371,6 +374,14 @@ def _build(raw: dict[str, Any]) -> TrainConfig:
             value = raw.pop(old)
             if raw.get(new) in (None, 0, 0.0, False):
                 raw[new] = value
+    for old, (new, choice) in LEGACY_FLAGS.items():
+        if old in raw:
+            on = _coerce(old, raw.pop(old), bool)
+            given = raw.get(new)
+            if given is not None and (given == choice) != on:
+                raise ConfigError(f"{old}: {str(on).lower()} conflicts with {new}: {given}; set one of them")
+            if on:
+                raw[new] = choice
     for old in IGNORED_LEGACY_KEYS:
         raw.pop(old, None)
 

@@ -1,16 +1,20 @@
 """A thin `transformers.Trainer` for paired (dpo) and unpaired (kto) preference losses.
 
 The Trainer keeps what it does well (gradient accumulation, DDP/DeepSpeed, checkpoints, schedulers);
-this subclass overrides only `compute_loss`, `prediction_step` and `log`. The loss itself comes from
-`trainer.losses` through its registry: no loss names are compared here.
+this subclass overrides only `compute_loss`, `prediction_step`, `log` and the samplers (length-grouped
+training order, `trainer.length_sampler`). The loss itself comes from `trainer.losses` through its
+registry: no loss names are compared here.
 
 Metrics are stored per step as (sum, count) pairs all-reduced across workers, so every logged mean is
-over all workers' examples (a per-worker accuracy of 0 or 1 is a known bug elsewhere).
+over all workers' examples (a per-worker accuracy of 0 or 1 is a known bug elsewhere). `padding_fraction`
+is pooled the same way (padded positions / positions of the forward batches), per logging window and,
+as `epoch_padding_fraction`, per epoch.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import tempfile
@@ -19,10 +23,12 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from transformers import Trainer
+from torch.utils.data import SequentialSampler
+from transformers import Trainer, TrainerCallback
 
 from trainer.data.collator import REFERENCE_COLUMNS
 from trainer.lean_head import hidden_logps, hidden_states_as_logits
+from trainer.length_sampler import SeededLengthGroupedSampler, grouping_batch_size, padded_lengths
 from trainer.logps import SequenceLogps, sequence_logps
 from trainer.losses import LossSpec, sft_loss
 from trainer.models import Reference, prepare_deepspeed_reference
@@ -33,6 +39,10 @@ CHECKPOINT_COMPLETE = ".complete"
 """Written last into `checkpoint-N/` (atomically, by rank 0, after every rank wrote its files): a
 checkpoint without it was cut off mid-write and is never resumed from."""
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+EPOCH_PADDING_FRACTION = "epoch_padding_fraction"
+
+Metric = Tensor | tuple[Tensor, int]
+"""A metric of one step: a tensor (its sum and element count are stored) or an explicit (sum, count)."""
 
 
 def checkpoint_is_complete(path: str | os.PathLike) -> bool:
@@ -135,6 +145,33 @@ def cached_logps(inputs: dict[str, Tensor], pairs: list[tuple[str, str]], dtype:
     return SequenceLogps(sum=total, count=count, mean_logits=torch.zeros_like(total))
 
 
+def padding(*attention_masks: Tensor) -> tuple[Tensor, int]:
+    """(padded positions, positions) over the (N, L) masks of one step's forward batches."""
+    return sum((mask == 0).sum() for mask in attention_masks), sum(mask.numel() for mask in attention_masks)
+
+
+class EpochCallback(TrainerCallback):
+    """Per epoch: hands the epoch to the length-grouped sampler and logs `epoch_padding_fraction`.
+
+    The Trainer calls the sampler's `set_epoch` itself, except where accelerate nests it too deep to reach
+    (a multi-worker run resumed mid-epoch: SkipBatchSampler > BatchSamplerShard > BatchSampler > sampler);
+    `floor(state.epoch)` is the epoch being (re)started in every case.
+    """
+
+    def __init__(self, trainer: PreferenceTrainer):
+        self.trainer = trainer
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.trainer.epoch_padding = [0.0, 0.0]
+        if self.trainer.length_sampler is not None:
+            self.trainer.length_sampler.set_epoch(math.floor(state.epoch or 0))
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        pad, positions = self.trainer.epoch_padding
+        if positions > 0:  # every rank logs (on_log reporters are collective); the values are all-reduced
+            self.trainer.log({EPOCH_PADDING_FRACTION: pad / positions})
+
+
 class PreferenceTrainer(Trainer):
     def __init__(
         self,
@@ -159,6 +196,10 @@ class PreferenceTrainer(Trainer):
         self._stored: dict[str, dict[str, Tensor]] = {"train": defaultdict(float), "eval": defaultdict(float)}
         self.reference_forwards = 0
         """Examples (pairs for dpo, completion + KL row for kto) passed through the reference model here."""
+        self.epoch_padding = [0.0, 0.0]
+        """(padded positions, positions) of this epoch's training forwards so far, over all workers."""
+        self.length_sampler: SeededLengthGroupedSampler | None = None
+        self.add_callback(EpochCallback(self))
         if reference.model is not None:
             if self.is_deepspeed_enabled:
                 ds_config = self.accelerator.state.deepspeed_plugin.deepspeed_config
@@ -215,7 +256,7 @@ class PreferenceTrainer(Trainer):
 
     # ---- losses ---------------------------------------------------------------------------------
 
-    def paired_loss(self, model: nn.Module, inputs: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+    def paired_loss(self, model: nn.Module, inputs: dict[str, Tensor]) -> tuple[Tensor, dict[str, Metric]]:
         """Batch of 2B rows (chosen block, then rejected block) -> scalar loss and metric (sum, count)s."""
         batch = (inputs["input_ids"], inputs["attention_mask"], inputs["labels"])
         policy = self._logps(model, *batch)
@@ -240,10 +281,11 @@ class PreferenceTrainer(Trainer):
             "logits/chosen": mean_logits_chosen,
             "logits/rejected": mean_logits_rejected,
             **{name: value.detach() for name, value in out.extras.items()},
+            "padding_fraction": padding(inputs["attention_mask"]),
         }
         return loss, metrics
 
-    def kto_loss(self, model: nn.Module, inputs: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+    def kto_loss(self, model: nn.Module, inputs: dict[str, Tensor]) -> tuple[Tensor, dict[str, Metric]]:
         """Unpaired batch: N completions with kto_tags, plus N mismatched (prompt, completion) KL rows."""
         batch = (inputs["input_ids"], inputs["attention_mask"], inputs["labels"])
         kl_batch = (inputs["kl_input_ids"], inputs["kl_attention_mask"], inputs["kl_labels"])
@@ -272,15 +314,35 @@ class PreferenceTrainer(Trainer):
             "logits/chosen": policy.mean_logits[tags],
             "logits/rejected": policy.mean_logits[~tags],
             "kl": out.extras["kl"].reshape(1),
+            "padding_fraction": padding(inputs["attention_mask"], inputs["kl_attention_mask"]),
         }
         return loss, metrics
 
-    def _loss_and_metrics(self, model, inputs) -> tuple[Tensor, dict[str, Tensor]]:
+    def _loss_and_metrics(self, model, inputs) -> tuple[Tensor, dict[str, Metric]]:
         if self.loss.stage == "kto":
             return self.kto_loss(model, inputs)
         return self.paired_loss(model, inputs)
 
     # ---- Trainer hooks --------------------------------------------------------------------------
+
+    def _get_train_sampler(self, train_dataset=None):
+        """`train_sampling_strategy: group_by_length`: a `SeededLengthGroupedSampler` over each row's padded
+        length (`padded_lengths`), grouped by the global step size (`grouping_batch_size`) and seeded by
+        `data_seed` (else `seed`). Other strategies: Hugging Face's sampler."""
+        if self.args.train_sampling_strategy != "group_by_length":
+            return super()._get_train_sampler(train_dataset)
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        self.length_sampler = SeededLengthGroupedSampler(
+            padded_lengths(dataset, self.loss.stage), grouping_batch_size(self.args), seed
+        )
+        return self.length_sampler
+
+    def _get_eval_sampler(self, eval_dataset):
+        """Evaluation keeps the dataset's order, also under group_by_length (Hugging Face would group it)."""
+        if self.args.train_sampling_strategy != "group_by_length" or eval_dataset is None:
+            return super()._get_eval_sampler(eval_dataset)
+        return SequentialSampler(eval_dataset) if self.args.world_size <= 1 else None
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, metrics = self._loss_and_metrics(model, inputs)
@@ -294,22 +356,28 @@ class PreferenceTrainer(Trainer):
         self._store(metrics, "eval")
         return loss.detach(), None, None
 
-    def _store(self, metrics: dict[str, Tensor], split: str) -> None:
-        """All-reduce (sum, count) of every metric across workers in one collective."""
+    def _store(self, metrics: dict[str, Metric], split: str) -> None:
+        """All-reduce (sum, count) of every metric across workers in one collective; a tensor metric
+        counts its elements, a (sum, count) pair is taken as given. Training padding also joins the epoch's."""
         names = sorted(metrics)
-        device = next(iter(metrics.values())).device
+        pairs = [metrics[n] if isinstance(metrics[n], tuple) else (metrics[n].float().sum(), metrics[n].numel())
+                 for n in names]
+        device = next((total.device for total, _ in pairs if isinstance(total, Tensor)), self.args.device)
         packed = torch.tensor(
-            [v for name in names for v in (metrics[name].float().sum().item(), metrics[name].numel())],
-            dtype=torch.float64,
-            device=device,
+            [float(v) for total, count in pairs for v in (total, count)], dtype=torch.float64, device=device
         )
-        packed = self.accelerator.reduce(packed, reduction="sum")
+        packed = self.accelerator.reduce(packed, reduction="sum").tolist()
         stored = self._stored[split]
         for i, name in enumerate(names):
-            stored[name + "/sum"] += packed[2 * i].item()
-            stored[name + "/count"] += packed[2 * i + 1].item()
+            stored[name + "/sum"] += packed[2 * i]
+            stored[name + "/count"] += packed[2 * i + 1]
+        if split == "train" and "padding_fraction" in metrics:
+            i = names.index("padding_fraction")
+            self.epoch_padding = [self.epoch_padding[0] + packed[2 * i], self.epoch_padding[1] + packed[2 * i + 1]]
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if EPOCH_PADDING_FRACTION in logs:  # an epoch summary: the window's metrics stay for the step log
+            return super().log(logs, start_time)
         split = "eval" if any(key.startswith("eval_") for key in logs) else "train"
         prefix = "eval_" if split == "eval" else ""
         stored = self._stored[split]
