@@ -86,10 +86,15 @@ def cli_command() -> list[str]:
     return [str(script)] if script.is_file() else [sys.executable, "-m", "rayjobs.cli"]
 
 
-def run_env() -> dict[str, str]:
+def run_env(threads: int | None = None) -> dict[str, str]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false"}
     env.pop("RAY_ADDRESS", None)  # a private local Ray, as on a laptop
+    if threads:  # both variants; Ray keeps an OMP_NUM_THREADS that is already set
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    else:
+        for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            env.pop(key, None)
     return env
 
 
@@ -155,13 +160,13 @@ def session_processes(sid: int) -> list[dict]:
 
 
 def launch(variant: str, config: Path, output_dir: Path, log_path: Path, *, profile: bool = False,
-           timeout: float = 1800) -> dict:
+           timeout: float = 1800, threads: int | None = None) -> dict:
     """Run the CLI once; wall time, trainer metrics, losses, phase times, leftover processes."""
     use_ray = variant != "in_process"
     args = ["train", str(config), f"use_ray={str(use_ray).lower()}", f"output_dir={output_dir}", "--no-mlflow"]
     cmd = ([sys.executable, "-m", "benchmarks.ray_overhead", "--profile-driver", *args] if profile
            else [*cli_command(), *args])
-    env = run_env()
+    env = run_env(threads)
     marks_path = log_path.with_suffix(".marks")
     if profile:
         site = log_path.parent / "profile_site"
@@ -442,8 +447,11 @@ def print_results(runs: dict[str, list[dict]], summary: dict, losses: dict, chec
     status = {True: "MET ", False: "MISS", None: "N/A "}[check["met"]]
     value = f"{check['value']:.3f}x" if check["value"] is not None else "-"
     print(f"{status} {check['what']}: {value} (target {check['target']}){'; ' + check['why'] if 'why' in check else ''}")
-    loads = [f"{r['load_average_1min_before']:.1f}" for v in VARIANTS for r in runs[v]]
-    print(f"1-min load average before the runs: {', '.join(loads)}")
+    loads = [r["load_average_1min_before"] for v in VARIANTS for r in runs[v]]
+    print(f"1-min load average before the runs: {', '.join(f'{x:.1f}' for x in loads)}")
+    if max(loads) > (os.cpu_count() or 1) / 2:
+        print(f"WARNING: the machine was busy (load above {(os.cpu_count() or 1) / 2:g} on {os.cpu_count()} cores): "
+              "wall times and ratios from this run say little; rerun on a quiet machine")
     leftovers = [p for v in VARIANTS for r in runs[v] for p in r["leftover_processes"]]
     if leftovers:
         print(f"WARNING: {len(leftovers)} processes outlived their run (killed): {leftovers[:3]}")
@@ -460,8 +468,8 @@ def print_profile(run: dict) -> None:
     train_end = min(x for x in (ph.get("train_end"), p.get("fit_end")) if x is not None) if ph.get("train_end") else None
     train_begin = train_end - run["train_runtime"] if train_end is not None else None
     spans = [
-        ("process start -> imports (torch-free driver, ray, ray.train)", 0.0, p.get("imports_done")),
-        ("imports -> config read, ensure_ray called", p.get("imports_done"), p.get("ensure_ray_begin")),
+        ("process start -> driver imports (ray, ray.train.torch, torch)", 0.0, p.get("imports_done")),
+        ("-> ensure_ray called (config validated: imports transformers)", p.get("imports_done"), p.get("ensure_ray_begin")),
         ("ensure_ray (local Ray start: GCS, raylet, dashboard)", p.get("ensure_ray_begin"), p.get("ensure_ray_end")),
         ("-> TorchTrainer.fit called", p.get("ensure_ray_end"), p.get("fit_begin")),
         ("fit -> worker imports torch (controller, worker actor start)", p.get("fit_begin"),
@@ -518,6 +526,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="cuda: bf16, one GPU for the in-process run and for the Ray worker")
     parser.add_argument("--profile", action="store_true",
                         help="after the rounds, one instrumented Ray run: where Ray's extra time goes")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="OMP/MKL threads for both variants (default: each its own: torch takes one per core "
+                             "in-process, Ray sets OMP_NUM_THREADS to the worker's CPUs, 1)")
     parser.add_argument("--keep-logs", metavar="DIR", help="copy every run's output log here")
     parser.add_argument("--run-timeout", type=int, default=1800, help="seconds per run")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "ray_overhead.json"))
@@ -548,14 +559,15 @@ def main(argv: list[str] | None = None) -> int:
         for rnd in range(args.rounds):
             for variant in VARIANTS:
                 name = f"{variant}-{rnd}"
-                run = launch(variant, config_path, root / "out" / name, logs / f"{name}.log", timeout=args.run_timeout)
+                run = launch(variant, config_path, root / "out" / name, logs / f"{name}.log", timeout=args.run_timeout,
+                             threads=args.threads)
                 runs[variant].append(run)
                 print(f"round {rnd + 1}/{args.rounds} {variant:<14} wall {run['wall_seconds']:6.1f} s  "
                       f"train_runtime {run['train_runtime']:6.1f} s  train_loss {run['train_loss']:.6f}  "
                       f"load before {run['load_average_1min_before']:.1f}", flush=True)
         if args.profile:
             run = launch("ray_1_worker", config_path, root / "out" / "profile", logs / "profile.log", profile=True,
-                         timeout=args.run_timeout)
+                         timeout=args.run_timeout, threads=args.threads)
             profiles.append(run)
         if args.keep_logs:
             shutil.copytree(logs, args.keep_logs, dirs_exist_ok=True)
@@ -572,7 +584,8 @@ def main(argv: list[str] | None = None) -> int:
         "versions": {p: package_version(None, p) for p in ("ray", "torch", "transformers", "accelerate")},
         "setup": {"config": {k: v for k, v in config.items() if k != "model_name_or_path"}, "model": MODEL,
                   "base_config": str(BASE_CONFIG.relative_to(REPO)), "cli": cli_command()[-1],
-                  "rounds": args.rounds, "quick": args.quick, "ray_address": "local (RAY_ADDRESS unset)"},
+                  "rounds": args.rounds, "quick": args.quick,
+                  "torch_threads": {"in_process": args.threads or os.cpu_count(), "ray_1_worker": args.threads or 1}, "ray_address": "local (RAY_ADDRESS unset)"},
         **summary,
         "losses": losses,
         "target": {"wall_ratio_at_most": TARGET_RATIO, "min_run_seconds": MIN_RUN_SECONDS},
