@@ -20,25 +20,8 @@ from trainer import workflow
 from trainer.config import load_config, resolve_resume
 from trainer.errors import ConfigError
 from trainer.preference_trainer import CHECKPOINT_COMPLETE, last_complete_checkpoint
-from trainer.tiny_model import build_tiny_model
-
-REPO = Path(__file__).resolve().parents[1]
-DEMO = REPO / "data" / "dpo_en_demo.json"
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("tiny")
-    model = build_tiny_model(root / "model", [DEMO], vocab_size=512, seed=0)
-    data = root / "data"
-    data.mkdir()
-    (data / "pairs.json").write_text(json.dumps(json.loads(DEMO.read_text())[:32]))
-    (data / "dataset_info.json").write_text(json.dumps({"pairs": {
-        "file_name": "pairs.json", "formatting": "sharegpt", "ranking": True,
-        "columns": {"messages": "conversations", "chosen": "chosen", "rejected": "rejected"}}}))
-    return {"model": model, "data": data}
 
 
 def config(tiny: dict, out: Path, **overrides) -> dict:

@@ -33,20 +33,16 @@ from trainer.data import load_preference_data
 from trainer.data.conversion import EMPTY_AFTER_TRUNCATION, REASONS
 from trainer.data.encoding import infer_seqlen
 from trainer.errors import ConfigError, DataError
-from trainer.tiny_model import build_tiny_model
 
-REPO = Path(__file__).resolve().parents[1]
 BAD_BYTES = "@@BADUTF8@@"  # replaced by bytes that are not UTF-8 when the file is written
 HUGE = "lorem ipsum dolor sit amet " * 2000  # ~54k characters, thousands of tokens
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory):
+def tokenizer(tiny_model):
     """The tiny byte-level BPE (vocab 512); each use takes a deep copy (the loader edits it in place)."""
-    root = tmp_path_factory.mktemp("tiny")
-    path = build_tiny_model(root / "tiny", [REPO / "data" / "dpo_en_demo.json"], vocab_size=512, seed=0)
     datasets.disable_progress_bars()
-    return AutoTokenizer.from_pretrained(path)
+    return AutoTokenizer.from_pretrained(tiny_model)
 
 
 # ---------------------------------------------------------------- strategies

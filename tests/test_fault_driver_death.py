@@ -22,12 +22,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from tests.test_ray_sweep import (
-    BIN,
-    REPO,
-    base_config,
-    tiny_model,  # noqa: F401 - a fixture
-)
+from tests.test_ray_sweep import BIN, REPO, base_config
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -83,7 +78,7 @@ def mlflow_runs(store: str) -> tuple[list, list]:
     return parents, children
 
 
-def test_sweep_resumes_after_the_driver_is_killed(driver_env, tiny_model, tmp_path):  # noqa: F811
+def test_sweep_resumes_after_the_driver_is_killed(driver_env, tiny_model, tmp_path):
     started = time.monotonic()
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     storage = tmp_path / "ray_results"

@@ -32,7 +32,6 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 from rayjobs import mlflow_spool, tracking
 from rayjobs.tracking import MlflowLoggingCallback
 from tests.mlflow_servers import MlflowServer, free_port
-from tests.test_train_e2e import data_dir, tiny_model  # noqa: F401 - session fixtures
 from trainer.config import load_config
 from trainer.workflow import run_training
 
@@ -134,7 +133,7 @@ class OutageDuringTraining(TrainerCallback):
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_a_60s_outage_mid_training_loses_and_doubles_no_point(tiny_model, data_dir, tmp_path, caplog):  # noqa: F811
+def test_a_60s_outage_mid_training_loses_and_doubles_no_point(tiny_model, data_dir, tmp_path, caplog):
     server = MlflowServer(tmp_path, f"sqlite:///{tmp_path / 'server.db'}").start()
     try:
         caplog.set_level("WARNING", logger="prefsweep.mlflow")
@@ -186,7 +185,7 @@ def test_a_60s_outage_mid_training_loses_and_doubles_no_point(tiny_model, data_d
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_a_server_gone_for_good_leaves_a_spool_that_syncs_exactly_once(tiny_model, data_dir, tmp_path, caplog):  # noqa: F811
+def test_a_server_gone_for_good_leaves_a_spool_that_syncs_exactly_once(tiny_model, data_dir, tmp_path, caplog):
     """Down from the start: the driver could not even resolve the experiment (id None, name given)."""
     caplog.set_level("WARNING", logger="prefsweep.mlflow")
     port = free_port()

@@ -28,11 +28,8 @@ import yaml
 from mlflow import MlflowClient
 from PIL import Image
 
-from trainer.tiny_model import build_tiny_model
-
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-DEMO = REPO / "data" / "dpo_en_demo.json"
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -116,11 +113,6 @@ def ray_head():
         _stop(proc)
         log.close()
         shutil.rmtree(root, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", [DEMO], vocab_size=512, seed=0)
 
 
 def base_config(tiny_model: Path, out: Path, **overrides) -> dict:

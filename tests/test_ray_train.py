@@ -11,55 +11,18 @@ from __future__ import annotations
 
 import json
 import math
-import secrets
 from pathlib import Path
 
 import pytest
 
 from rayjobs import train
-from trainer.tiny_model import build_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
-DEMO = REPO / "data" / "dpo_en_demo.json"
 TRAIN_METRICS = {"loss", "grad_norm", "learning_rate", "epoch", "rewards/chosen", "rewards/rejected",
                  "rewards/accuracies", "rewards/margins", "logps/chosen", "logps/rejected",
                  "logits/chosen", "logits/rejected"}
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
-
-
-@pytest.fixture(scope="module")
-def local_ray(tmp_path_factory):
-    """A private local Ray for this module, token auth on with a token file of its own."""
-    import ray
-
-    from rayjobs.local_ray import ensure_ray
-
-    token = tmp_path_factory.mktemp("auth") / "token"
-    token.write_text(secrets.token_hex(32))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("RAY_AUTH_MODE", "token")
-        mp.setenv("RAY_AUTH_TOKEN_PATH", str(token))
-        mp.delenv("RAY_ADDRESS", raising=False)
-        assert not ray.is_initialized()
-        assert ensure_ray(num_cpus=2) == "local"
-        try:
-            yield ray
-        finally:
-            ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("tiny")
-    model = build_tiny_model(root / "model", [DEMO], vocab_size=512, seed=0)
-    data = root / "data"
-    data.mkdir()
-    (data / "pairs.json").write_text(json.dumps(json.loads(DEMO.read_text())[:32]))
-    (data / "dataset_info.json").write_text(json.dumps({"pairs": {
-        "file_name": "pairs.json", "formatting": "sharegpt", "ranking": True,
-        "columns": {"messages": "conversations", "chosen": "chosen", "rejected": "rejected"}}}))
-    return {"model": model, "data": data}
 
 
 def config(tiny: dict, out: Path, **overrides) -> dict:

@@ -15,11 +15,8 @@ from PIL import Image
 
 from trainer.config import load_config
 from trainer.losses import loss_names
-from trainer.tiny_model import build_tiny_model
 from trainer.workflow import run_training
 
-REPO = Path(__file__).resolve().parents[1]
-DEMO = REPO / "data" / "dpo_en_demo.json"
 BETA = 0.1
 PAIRED_METRICS = [
     "rewards/chosen",
@@ -40,34 +37,6 @@ INITIAL_LOSS = {  # policy == reference, from DESIGN.md
 }
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", [DEMO], vocab_size=512, seed=0)
-
-
-@pytest.fixture(scope="session")
-def data_dir(tmp_path_factory) -> Path:
-    """8 demo pairs (dpo) and the same 8 pairs split into 16 labelled examples (kto)."""
-    root = tmp_path_factory.mktemp("data")
-    pairs = json.loads(DEMO.read_text())[:8]
-    (root / "pairs.json").write_text(json.dumps(pairs))
-    kto_rows = []
-    for pair in pairs:
-        prompt = [{"role": "user", "content": m["value"]} for m in pair["conversations"]]
-        for key, label in (("chosen", True), ("rejected", False)):
-            kto_rows.append({"messages": prompt + [{"role": "assistant", "content": pair[key]["value"]}], "label": label})
-    (root / "kto.jsonl").write_text("\n".join(json.dumps(r) for r in kto_rows))
-    info = {
-        "pairs": {"file_name": "pairs.json", "formatting": "sharegpt", "ranking": True,
-                  "columns": {"messages": "conversations", "chosen": "chosen", "rejected": "rejected"}},
-        "kto": {"file_name": "kto.jsonl", "formatting": "sharegpt",
-                "columns": {"messages": "messages", "kto_tag": "label"},
-                "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"}},
-    }
-    (root / "dataset_info.json").write_text(json.dumps(info))
-    return root
 
 
 def train(tiny_model: Path, data_dir: Path, out: Path, **overrides):
