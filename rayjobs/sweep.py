@@ -35,7 +35,8 @@ import sys
 import time
 from pathlib import Path
 
-from sweeps.spec import SweepSpec, load_sweep, trial_name, trial_overrides
+from sweeps.spec import SweepSpec, load_sweep
+from sweeps.trials import trial_name, trial_overrides
 from trainer.config import apply_overrides, load_config
 from trainer.errors import ConfigError
 
@@ -203,7 +204,7 @@ def build_reference_caches(spec: SweepSpec, base: dict, base_cfg) -> None:
     """
     import ray
 
-    from sweeps.spec import corner_configs
+    from sweeps.spec_checks import corner_configs
     from trainer.ref_cache import ensure_reference_caches, reference_cache_identity
 
     configs = [load_config(apply_overrides(base, chosen)) for chosen in corner_configs(spec)]

@@ -26,16 +26,15 @@ dimension or a base-config constant) takes one of the listed values; otherwise t
 config's value, so a sigmoid trial never carries a `simpo_gamma`. A grid inside a condition (a beta
 grid per loss) is expanded for each value of a grid KEY.
 
-This module is pure Python (no Ray): parsing, validation, sampling helpers and trial names.
-`sweeps.tune_space` turns a spec into Ray Tune / Optuna search spaces.
+This package is pure Python (no Ray). This module: the spec's keys and its loading; `sweeps.dimensions`:
+the space's dimensions and their parsing; `sweeps.spec_checks`: checks of the whole spec; `sweeps.trials`:
+trial overrides and names; `sweeps.tune_space` turns a spec into Ray Tune / Optuna search spaces.
 """
 
 from __future__ import annotations
 
 import copy
 import difflib
-import itertools
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,10 +42,12 @@ from typing import Any
 
 import yaml
 
+from sweeps.dimensions import Conditional, Dimension, parse_space
+from sweeps.key_errors import nearest, unknown_key
+from sweeps.spec_checks import check_conditions, check_corners, check_metric_is_evaluated
 from trainer.config import apply_overrides, load_config, parse_override, read_yaml, valid_keys
 from trainer.errors import ConfigError
 
-KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 SEARCHES = ("random", "grid", "optuna")
 SCHEDULERS = ("none", "asha")
 MODES = ("max", "min")
@@ -79,58 +80,6 @@ SPEC_KEYS = {
     "reference_cache": "compute reference log-probs once before the trials (default true)",
 }
 ASHA_KEYS = ("type", "time_attr", "grace_period", "reduction_factor", "max_t", "brackets")
-
-
-# ------------------------------------------------------------------------------------- dimensions
-
-
-@dataclass(frozen=True)
-class Dimension:
-    """One sampled key: `kind` in KINDS, or "constant" (only inside a conditional)."""
-
-    kind: str
-    args: tuple
-
-    @property
-    def categorical(self) -> bool:
-        return self.kind in ("grid", "choice", "constant")
-
-    def values(self) -> tuple:
-        """Possible values of a categorical dimension."""
-        if not self.categorical:
-            raise ValueError(f"{self.kind} has no finite set of values")
-        return self.args
-
-    def corners(self) -> tuple:
-        """Values to validate against the config: every category, or both ends of a range."""
-        if self.categorical:
-            return self.args
-        low, high = self.args
-        return (low, high - 1) if self.kind == "randint" else (low, high)
-
-    def sample(self, rng) -> Any:
-        """One value drawn with a `numpy.random.Generator` (used by conditional dimensions)."""
-        if self.kind == "constant":
-            return self.args[0]
-        if self.kind in ("grid", "choice"):
-            return self.args[int(rng.integers(len(self.args)))]
-        low, high = self.args
-        if self.kind == "uniform":
-            return float(rng.uniform(low, high))
-        if self.kind == "loguniform":
-            return float(math.exp(rng.uniform(math.log(low), math.log(high))))
-        return int(rng.integers(low, high))  # randint
-
-
-@dataclass(frozen=True)
-class Conditional:
-    """`key` is sampled from `cases[value of by]`; unset when `by` takes a value not in `cases`."""
-
-    by: str
-    cases: dict
-
-    def case(self, value: Any) -> Dimension | None:
-        return self.cases.get(value)
 
 
 @dataclass
@@ -184,94 +133,6 @@ class SweepSpec:
 
 
 # ---------------------------------------------------------------------------------------- parsing
-
-
-def nearest(key: str, valid) -> str | None:
-    """The valid name `key` most likely meant: one it begins, else the closest spelling."""
-    valid = list(valid)
-    prefixed = [v for v in valid if v.startswith(key) or key.startswith(v)]
-    if prefixed:
-        return min(prefixed, key=lambda v: abs(len(v) - len(key)))
-    near = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
-    return near[0] if near else None
-
-
-def _unknown(key: str, valid, where: str) -> ConfigError:
-    near = nearest(key, valid)
-    hint = f"; did you mean {near!r}?" if near else ""
-    return ConfigError(f"{where}: unknown key {key!r}{hint} (valid: {', '.join(valid)})")
-
-
-def _number(where: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
-    try:
-        return float(value)  # YAML 1.1 reads `1e-3` as a string
-    except ValueError:
-        raise ConfigError(f"{where}: expected a number, got {value!r}") from None
-
-
-def parse_dimension(where: str, node: Any, *, allow_constant: bool = False) -> Dimension:
-    if not isinstance(node, dict):
-        if allow_constant and not isinstance(node, (list, dict)):
-            return Dimension("constant", (node,))
-        raise ConfigError(
-            f"{where}: expected one of {{{', '.join(f'{k}: ...' for k in KINDS)}}}"
-            + (" or a constant" if allow_constant else "") + f", got {node!r}"
-        )
-    if len(node) != 1:
-        raise ConfigError(f"{where}: a dimension has exactly one of {list(KINDS)}, got {sorted(node)}")
-    (kind, args), = node.items()
-    if kind not in KINDS:
-        raise _unknown(kind, KINDS, where)
-    if not isinstance(args, list) or not args:
-        raise ConfigError(f"{where}.{kind}: expected a non-empty list, got {args!r}")
-    if kind in ("grid", "choice"):
-        if any(isinstance(v, (list, dict)) for v in args):
-            raise ConfigError(f"{where}.{kind}: values must be scalars, got {args!r}")
-        if len(set(map(repr, args))) != len(args):
-            raise ConfigError(f"{where}.{kind}: repeated values in {args!r}")
-        return Dimension(kind, tuple(args))
-    if len(args) != 2:
-        raise ConfigError(f"{where}.{kind}: expected [low, high], got {args!r}")
-    low, high = (_number(f"{where}.{kind}", v) for v in args)
-    if not low < high:
-        raise ConfigError(f"{where}.{kind}: low must be < high, got [{args[0]}, {args[1]}]")
-    if kind == "loguniform" and low <= 0:
-        raise ConfigError(f"{where}.loguniform: low must be > 0, got {args[0]}")
-    if kind == "randint":
-        if not (low.is_integer() and high.is_integer()):
-            raise ConfigError(f"{where}.randint: expected integers, got {args!r}")
-        return Dimension(kind, (int(low), int(high)))
-    return Dimension(kind, (low, high))
-
-
-def parse_space(node: Any, *, config_keys: list[str]) -> dict:
-    if node is None:
-        return {}
-    if not isinstance(node, dict):
-        raise ConfigError(f"space: expected a mapping of config key -> dimension, got {node!r}")
-    space: dict = {}
-    for key, dim in node.items():
-        where = f"space.{key}"
-        if key == "ray" or str(key).startswith("ray."):
-            raise ConfigError(f"{where}: Ray resources are not swept; set trial_resources instead")
-        if key not in config_keys:
-            near = difflib.get_close_matches(str(key), config_keys, n=1)
-            hint = f"; did you mean {near[0]!r}?" if near else ""
-            raise ConfigError(f"space: {key!r} is not a training config key{hint}")
-        if isinstance(dim, dict) and "by" in dim:
-            extra = set(dim) - {"by", "values"}
-            if extra:
-                raise _unknown(sorted(extra)[0], ("by", "values"), where)
-            cases = dim.get("values")
-            if not isinstance(cases, dict) or not cases:
-                raise ConfigError(f"{where}.values: expected a mapping of {dim['by']} value -> dimension")
-            parsed = {v: parse_dimension(f"{where}.values.{v}", d, allow_constant=True) for v, d in cases.items()}
-            space[key] = Conditional(by=str(dim["by"]), cases=parsed)
-        else:
-            space[key] = parse_dimension(where, dim)
-    return space
 
 
 def _dotted(overrides: list[str] | dict) -> tuple[dict, dict]:
@@ -330,10 +191,10 @@ def _scheduler(node: Any) -> SchedulerSpec:
         raise ConfigError(f"scheduler: expected none, asha or a mapping, got {node!r}")
     for key in node:
         if key not in ASHA_KEYS:
-            raise _unknown(key, ASHA_KEYS, "scheduler")
+            raise unknown_key(key, ASHA_KEYS, "scheduler")
     kind = node.get("type", "asha")
     if kind not in SCHEDULERS:
-        raise _unknown(str(kind), SCHEDULERS, "scheduler.type")
+        raise unknown_key(str(kind), SCHEDULERS, "scheduler.type")
     sched = SchedulerSpec(type=kind, **{k: v for k, v in node.items() if k != "type"})
     if sched.grace_period < 1:
         raise ConfigError(f"scheduler.grace_period must be >= 1, got {sched.grace_period}")
@@ -357,7 +218,7 @@ def load_sweep(source: str | Path | dict, overrides: list[str] | dict = ()) -> S
     raw = _apply_spec_overrides(raw, spec_overrides)
     for key in raw:
         if key not in SPEC_KEYS:
-            raise _unknown(str(key), list(SPEC_KEYS), where=f"sweep spec {path or ''}".strip())
+            raise unknown_key(str(key), list(SPEC_KEYS), where=f"sweep spec {path or ''}".strip())
     try:
         return _build(raw, path, config_overrides)
     except ConfigError as err:
@@ -376,7 +237,7 @@ def _build(raw: dict, path: str | None, config_overrides: dict) -> SweepSpec:
         raise ConfigError(f"trial_resources: expected a mapping, got {resources!r}")
     for key in resources:
         if key not in RESOURCE_KEYS:
-            raise _unknown(key, RESOURCE_KEYS, "trial_resources")
+            raise unknown_key(key, RESOURCE_KEYS, "trial_resources")
     base = apply_overrides(base, inline)
     if resources:
         base["ray"] = {**(base.get("ray") or {}), **resources}
@@ -388,7 +249,7 @@ def _build(raw: dict, path: str | None, config_overrides: dict) -> SweepSpec:
         raise ConfigError(f"name: {name!r} must be letters, digits, '_', '-', '.' (it names directories)")
     search = raw.get("search", "random")
     if search not in SEARCHES:
-        raise _unknown(str(search), SEARCHES, "search")
+        raise unknown_key(str(search), SEARCHES, "search")
     mode = raw.get("mode", "max")
     if mode not in MODES:
         raise ConfigError(f"mode must be one of {list(MODES)}, got {mode!r}")
@@ -422,8 +283,8 @@ def _build(raw: dict, path: str | None, config_overrides: dict) -> SweepSpec:
         source={**raw, "base": raw["base"], "overrides": {**inline, **config_overrides}},
         path=path,
     )
-    _check_conditions(spec)
-    _check_metric_is_evaluated(spec)
+    check_conditions(spec)
+    check_metric_is_evaluated(spec)
     if spec.search == "optuna":
         grids = [
             k for k, d in spec.space.items()
@@ -431,123 +292,8 @@ def _build(raw: dict, path: str | None, config_overrides: dict) -> SweepSpec:
         ]
         if grids:
             raise ConfigError(f"space.{grids[0]}: search optuna samples and cannot expand a grid; use choice")
-    _check_corners(spec)
+    check_corners(spec)
     return spec
-
-
-def _check_conditions(spec: SweepSpec) -> None:
-    for key, dim in spec.space.items():
-        if not isinstance(dim, Conditional):
-            continue
-        if dim.by == key:
-            raise ConfigError(f"space.{key}: a key cannot depend on itself")
-        if isinstance(spec.space.get(dim.by), Conditional):
-            raise ConfigError(f"space.{key}: depends on {dim.by}, which is conditional itself")
-        by_dim = spec.space.get(dim.by)
-        if by_dim is None:
-            continue  # fixed by the base config: the matching case is applied up front, others never
-        possible = spec.possible_values(dim.by)
-        for value, case in dim.cases.items():
-            if case.kind == "grid" and by_dim.kind != "grid":
-                raise ConfigError(
-                    f"space.{key}.values.{value}: a grid inside a condition needs {dim.by} to be a grid too "
-                    f"(a sampled {dim.by} cannot expand it); use choice"
-                )
-        unknown = [v for v in dim.cases if v not in possible]
-        if unknown:
-            raise ConfigError(
-                f"space.{key}.values: {unknown[0]!r} is never a value of {dim.by} in this sweep "
-                f"(it takes {list(possible)})"
-            )
-
-
-def _check_metric_is_evaluated(spec: SweepSpec) -> None:
-    if not spec.metric.startswith("eval_"):
-        return
-    cfg = load_config(spec.base)
-    if not (cfg.data.val_size or cfg.data.eval_dataset):
-        raise ConfigError(f"metric {spec.metric} needs an evaluation set: set val_size or eval_dataset in the base config")
-    args = cfg.training_arguments(device_independent=True)
-    if not args.do_eval:
-        raise ConfigError(f"metric {spec.metric} is never computed: set eval_strategy (steps or epoch) in the base config")
-    if spec.scheduler.type != "none" and str(args.eval_strategy) in ("no", "IntervalStrategy.NO"):
-        raise ConfigError(f"scheduler {spec.scheduler.type} acts on {spec.metric} during training: set eval_strategy")
-
-
-def corner_configs(spec: SweepSpec, limit: int = 256) -> list[dict]:
-    """Overrides at every category and range end (capped): what validation tries before Ray starts."""
-    plain = {k: d for k, d in spec.space.items() if isinstance(d, Dimension)}
-    combos = itertools.islice(itertools.product(*(d.corners() for d in plain.values())), limit)
-    configs = []
-    for combo in combos:
-        chosen = dict(zip(plain, combo))
-        for key, dim in spec.space.items():
-            if isinstance(dim, Conditional):
-                by_value = chosen.get(dim.by, spec.fixed_value(dim.by))
-                case = dim.case(by_value)
-                if case is not None:
-                    chosen[key] = case.corners()[len(configs) % len(case.corners())]
-        configs.append(chosen)
-    return configs
-
-
-def _check_corners(spec: SweepSpec) -> None:
-    for chosen in corner_configs(spec):
-        try:
-            load_config(apply_overrides(spec.base, chosen))
-        except ConfigError as err:
-            hint = ""
-            if "only used by pref_loss" in str(err):
-                hint = " (make it conditional: {by: pref_loss, values: {...}})"
-            raise ConfigError(f"space: trial {chosen} is not a valid config: {err}{hint}") from None
-
-
-# --------------------------------------------------------------------------------------- trials
-
-
-def case_key(by: str) -> str:
-    """The Tune config key that holds the cases of keys conditional on `by` (see sweeps.tune_space)."""
-    return f"{by}_case"
-
-
-def trial_overrides(config: dict) -> dict:
-    """A sampled Tune config -> config overrides.
-
-    Nested cases (`{"pref_loss_case": {"pref_loss": "simpo", "pref_beta": 3.1}}`) are flattened;
-    Optuna's conditional names (`pref_beta[simpo]`) become the key they set (`pref_beta`); unset
-    values (None) are dropped.
-    """
-    out = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            out.update(trial_overrides(value))
-        elif value is not None:
-            out[re.sub(r"\[.*\]$", "", key)] = value
-    return out
-
-
-def _short(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.3g}"
-    return str(value)
-
-
-def trial_name(index: int, overrides: dict, base: dict) -> str:
-    """`trial_003_simpo_beta2.5_gamma0.5`: index, loss, beta, and gamma / ftx / smoothing when set.
-
-    Names carry no timestamps or random ids, so a sweep can be restored and runs found by name.
-    """
-    merged = {**base, **overrides}
-    stage = merged.get("stage", "dpo")
-    loss = "kto" if stage == "kto" else merged.get("pref_loss", "sigmoid")
-    parts = [f"trial_{index:03d}", str(loss), f"beta{_short(merged.get('pref_beta', 0.1))}"]
-    if merged.get("simpo_gamma") is not None and loss == "simpo":
-        parts.append(f"gamma{_short(merged['simpo_gamma'])}")
-    if merged.get("pref_ftx"):
-        parts.append(f"ftx{_short(merged['pref_ftx'])}")
-    if merged.get("dpo_label_smoothing"):
-        parts.append(f"eps{_short(merged['dpo_label_smoothing'])}")
-    return re.sub(r"[^A-Za-z0-9_.\-]", "-", "_".join(parts))
 
 
 def dump(spec: SweepSpec) -> str:

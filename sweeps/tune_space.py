@@ -6,7 +6,7 @@ of their `by` key (see `param_space`).
 
 Optuna (TPE) gets a define-by-run function that suggests the plain dimensions, then each
 conditional under the name `key[by_value]` (Optuna wants one distribution per name).
-`sweeps.spec.trial_overrides` turns either kind of sampled config back into config overrides.
+`sweeps.trials.trial_overrides` turns either kind of sampled config back into config overrides.
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ from typing import Any
 
 from ray import tune
 
-from sweeps.spec import Conditional, Dimension, SweepSpec, case_key
+from sweeps.dimensions import Conditional, Dimension
+from sweeps.spec import SweepSpec
+from sweeps.trials import case_key
 
 NEVER = 2**31  # an ASHA max_t no step or evaluation count reaches
 

@@ -14,7 +14,8 @@ import pytest
 from ray.tune.search.variant_generator import generate_variants
 
 from rayjobs.sweep import default_concurrency, trial_namer
-from sweeps.spec import load_sweep, trial_name, trial_overrides
+from sweeps.spec import load_sweep
+from sweeps.trials import trial_name, trial_overrides
 from sweeps.tune_space import optuna_define_by_run, param_space, scheduler, search_algorithm
 from trainer.config import apply_overrides, load_config
 from trainer.errors import ConfigError
