@@ -1,5 +1,6 @@
-"""An on-disk spool between a run's MLflow callback and the tracking store, so that training never waits on,
-or dies with, the tracking server; and `prefsweep mlflow-sync OUTPUT_DIR`, which replays what is left.
+"""Delivery of a run's spooled MLflow items to the tracking store, so that training never waits on, or dies
+with, the tracking server. The spool file is `rayjobs.spool_file`; `prefsweep mlflow-sync OUTPUT_DIR`
+(`rayjobs.mlflow_sync`) replays what is left.
 
     training thread (on_log)                          sender (daemon thread)
       append one JSON line, fsync  -->  <output_dir>/mlflow_spool.jsonl  <--  "run" / "sent" markers
@@ -16,35 +17,25 @@ When the server is down at the start the run is created later (tagged with the s
 whose answer was lost is found instead of repeated). A restarted worker with the same run identity
 resumes the spool; a spool left by a finished or different run is moved aside (`mlflow_spool.N.jsonl`)
 if anything in it was not sent, so `mlflow-sync` still finds it.
-
-Not safe to run `mlflow-sync` on a directory whose run is still training.
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
-import itertools
-import json
 import logging
 import os
-import sys
 import threading
 import time
-import uuid
-from dataclasses import dataclass, field
-from pathlib import Path
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
-from rayjobs import tracking
+from rayjobs import mlflow_store, mlflow_tags
+from rayjobs.spool_file import Spool, metric_points
 
 logger = logging.getLogger("prefsweep.mlflow")
 
-SPOOL_NAME = "mlflow_spool.jsonl"
-SPOOL_GLOB = "mlflow_spool*.jsonl"
 TAG_SPOOL_ID = "prefsweep.spool_id"
 FLUSH_TIMEOUT_S = 30.0
 OPEN_WAIT_S = 2.0  # how long the start of training waits for the run to be opened
@@ -60,7 +51,6 @@ PERMANENT_ERRORS = {
     "RESOURCE_ALREADY_EXISTS",
     "INVALID_STATE",
 }
-ITEM_OPS = ("open", "metrics", "tags", "artifacts", "end")  # sent in order; "run"/"sent"/"dropped" are notes
 
 
 def fail_fast_http(uri: str) -> None:
@@ -74,146 +64,6 @@ def fail_fast_http(uri: str) -> None:
 
 def is_permanent(err: BaseException) -> bool:
     return isinstance(err, MlflowException) and err.error_code in PERMANENT_ERRORS
-
-
-def metric_points(item: dict) -> int:
-    return len(item["metrics"]) if item["op"] == "metrics" else 0
-
-
-# ----------------------------------------------------------------------------------------------- file
-
-
-@dataclass
-class SpoolState:
-    """What a spool file says: the run it belongs to, its items, and how far delivery got."""
-
-    path: Path
-    header: dict = field(default_factory=dict)  # the last "open" item
-    run_id: str | None = None
-    items: list[dict] = field(default_factory=list)
-    sent_upto: int = 0  # every item with seq <= this reached the store or was refused
-    dropped: list[dict] = field(default_factory=list)
-    last_timestamp: int = 0
-
-    @classmethod
-    def load(cls, path: Path) -> SpoolState:
-        state = cls(Path(path))
-        for line in Path(path).read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:  # a line torn by a crash mid-write: the items before it are intact
-                continue
-            op = record.get("op")
-            if op in ITEM_OPS:
-                state.items.append(record)
-                if op == "open":
-                    state.header = record
-                    state.run_id = state.run_id or record.get("run_id")
-                for _key, _value, ts, _step in record.get("metrics", ()):
-                    state.last_timestamp = max(state.last_timestamp, ts)
-            elif op == "run":
-                state.run_id = record["run_id"]
-            elif op == "sent":
-                state.sent_upto = max(state.sent_upto, record["upto"])
-            elif op == "dropped":
-                state.dropped.append(record)
-        return state
-
-    @property
-    def next_seq(self) -> int:
-        return self.items[-1]["seq"] + 1 if self.items else 1
-
-    def unsent(self) -> list[dict]:
-        return [item for item in self.items if item["seq"] > self.sent_upto]
-
-    def ended(self) -> bool:
-        return any(item["op"] == "end" for item in self.items)
-
-
-def _identity(header: dict) -> tuple:
-    experiment = header.get("experiment_id") or f"name:{header.get('experiment_name')}"
-    return (header.get("tracking_uri"), experiment, header.get("run_name"), header.get("parent_run_id"))
-
-
-class Spool:
-    """The append-only file: one JSON object a line, written with one `write` (O_APPEND) so the sender's
-    markers and the training thread's items never interleave within a line."""
-
-    def __init__(self, state: SpoolState):
-        self.state = state
-        self.path = state.path
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        self._lock = threading.Lock()
-
-    @classmethod
-    def open(cls, output_dir: Path, header: dict) -> Spool:
-        """The spool of `output_dir`, resumed when it belongs to the same run and that run has not ended;
-        otherwise a fresh one (an old spool with unsent items is moved aside for `mlflow-sync`)."""
-        output_dir = Path(output_dir)
-        output_dir.mkdir(parents=True, exist_ok=True)
-        path = output_dir / SPOOL_NAME
-        state = SpoolState.load(path) if path.is_file() else SpoolState(path)
-        given = header.get("run_id")
-        same = (
-            state.items
-            and not state.ended()
-            and _identity(state.header) == _identity(header)
-            and (given is None or given == (state.header.get("run_id") or state.run_id))
-        )
-        if state.items and not same:
-            if state.unsent():
-                n = 1
-                while (output_dir / f"mlflow_spool.{n}.jsonl").exists():
-                    n += 1
-                path.rename(output_dir / f"mlflow_spool.{n}.jsonl")
-                logger.warning("MLflow: unsent items of an earlier run moved to %s (replay: prefsweep "
-                               "mlflow-sync %s)", output_dir / f"mlflow_spool.{n}.jsonl", output_dir)
-            else:
-                path.unlink()
-            state = SpoolState(path)
-        spool = cls(state)
-        spool_id = state.header.get("spool_id") or uuid.uuid4().hex
-        spool.append({**header, "op": "open", "spool_id": spool_id})
-        return spool
-
-    def _write(self, record: dict, *, sync: bool) -> None:
-        line = (json.dumps(record, separators=(",", ":")) + "\n").encode("utf-8")
-        with self._lock:
-            if self._fd < 0:
-                return
-            os.write(self._fd, line)
-            if sync:
-                os.fsync(self._fd)
-
-    def append(self, record: dict) -> dict:
-        """Give `record` the next sequence number, write and fsync it; returns the item."""
-        with self._lock:
-            item = {"seq": self.state.next_seq, **record}
-            self.state.items.append(item)
-            if item["op"] == "open":
-                self.state.header = item
-        self._write(item, sync=True)
-        return item
-
-    def mark_run(self, run_id: str) -> None:
-        self.state.run_id = run_id
-        self._write({"op": "run", "run_id": run_id}, sync=True)
-
-    def mark_sent(self, upto: int) -> None:
-        self.state.sent_upto = max(self.state.sent_upto, upto)
-        self._write({"op": "sent", "upto": upto}, sync=False)  # lost markers only cost a deduped resend
-
-    def mark_dropped(self, item: dict, err: BaseException) -> None:
-        note = {"op": "dropped", "seq": item["seq"], "item": item["op"], "error": str(err)[:500]}
-        self.state.dropped.append(note)
-        self._write(note, sync=False)
-        self.mark_sent(item["seq"])
-
-    def close(self) -> None:
-        with self._lock:
-            if self._fd >= 0:
-                os.close(self._fd)
-                self._fd = -1
 
 
 # ------------------------------------------------------------------------------------------- delivery
@@ -257,7 +107,7 @@ class Delivery:
             tags = dict(items[0]["tags"])
             dropped = sum(1 for d in self.spool.state.dropped if d["item"] == "metrics")
             if items[0].get("count_dropped") and dropped:
-                tags[tracking.TAG_DROPPED_LOG_BATCHES] = str(dropped)
+                tags[mlflow_tags.TAG_DROPPED_LOG_BATCHES] = str(dropped)
             if tags:
                 self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
         elif op == "artifacts":
@@ -314,7 +164,7 @@ class Delivery:
         """The driver's experiment id; when the driver could not reach the store, the experiment by name."""
         if item.get("experiment_id"):
             return item["experiment_id"]
-        return tracking.ensure_experiment(item.get("experiment_name"), uri=self.client.tracking_uri)
+        return mlflow_store.ensure_experiment(item.get("experiment_name"), uri=self.client.tracking_uri)
 
     def _find(self, item: dict) -> str | None:
         """A run this spool created before (its create answer lost), else the parent's child of this name."""
@@ -325,7 +175,7 @@ class Delivery:
         if runs:
             return runs[0].info.run_id
         if item.get("parent_run_id"):
-            return tracking.find_child_run(self.client, experiment_id, item["parent_run_id"], item["run_name"])
+            return mlflow_store.find_child_run(self.client, experiment_id, item["parent_run_id"], item["run_name"])
         return None
 
 
@@ -424,14 +274,14 @@ class Sender(threading.Thread):
                 return self._refused(group, err)
             self.failures += 1
             self.retried += 1
-            logger.debug("MLflow: %s failed, will retry: %s", group[0]["op"], _short(err))
+            logger.debug("MLflow: %s failed, will retry: %s", group[0]["op"], short_error(err))
             if self._outage_since is None:
                 self._outage_since = time.monotonic()
             if self.failures >= 2 and not self._outage_logged:
                 self._outage_logged = True
                 logger.warning(
                     "MLflow at %s is unreachable (%s); training goes on, every point is kept in %s and "
-                    "retried in the background", self.delivery.client.tracking_uri, _short(err), self.spool.path,
+                    "retried in the background", self.delivery.client.tracking_uri, short_error(err), self.spool.path,
                 )  # fmt: skip
             return False
         self.spool.mark_sent(group[-1]["seq"])
@@ -457,7 +307,7 @@ class Sender(threading.Thread):
             return False
         item = group[0]
         if item["op"] == "open":
-            self.gave_up = _short(err)
+            self.gave_up = short_error(err)
             logger.error(
                 "MLflow refused to open the run (%s); nothing more is sent, all of it stays in %s: fix the "
                 "cause, then run `prefsweep mlflow-sync %s`", self.gave_up, self.spool.path, self.spool.path.parent,
@@ -466,7 +316,7 @@ class Sender(threading.Thread):
         self.spool.mark_dropped(item, err)
         steps = sorted({step for *_, step in item.get("metrics", ())})
         logger.warning("MLflow refused the %s of step %s: %s", item["op"], ",".join(map(str, steps)) or "-",
-                       _short(err))  # fmt: skip
+                       short_error(err))  # fmt: skip
         return True
 
     def flush(self, timeout_s: float = FLUSH_TIMEOUT_S) -> bool:
@@ -498,96 +348,6 @@ class Sender(threading.Thread):
             self._cv.notify_all()
 
 
-def _short(err: BaseException) -> str:
+def short_error(err: BaseException) -> str:
     text = str(err).splitlines()[0] if str(err) else type(err).__name__
     return text if len(text) <= 300 else text[:300] + "..."
-
-
-# ----------------------------------------------------------------------------------------------- sync
-
-
-@dataclass
-class SyncResult:
-    path: Path
-    run_id: str | None
-    items: int = 0
-    points_sent: int = 0
-    points_present: int = 0
-    error: str | None = None
-
-
-def sync_spool(path: Path, tracking_uri: str | None = None, timeout_s: float = 60.0) -> SyncResult:
-    """Send one spool's unsent items, skipping points the run already has; retries transient failures
-    for up to `timeout_s`. `tracking_uri` overrides the spool's when the server moved (same store)."""
-    state = SpoolState.load(path)
-    result = SyncResult(Path(path), state.run_id)
-    unsent = state.unsent()
-    if not unsent:
-        return result
-    uri = tracking_uri or state.header["tracking_uri"]
-    fail_fast_http(uri)
-    spool = Spool(state)
-    delivery = Delivery(spool, uri, dedupe=True)
-    deadline = time.monotonic() + timeout_s
-    try:
-        for item in unsent:  # one by one: a refused item is dropped alone
-            for attempt in itertools.count():
-                try:
-                    delivery.deliver([item])
-                    spool.mark_sent(item["seq"])
-                    result.items += 1
-                    break
-                except Exception as err:  # noqa: BLE001
-                    if is_permanent(err) and item["op"] != "open":
-                        spool.mark_dropped(item, err)
-                        break
-                    if is_permanent(err) or time.monotonic() > deadline:
-                        result.error = f"{item['op']} (item {item['seq']}) failed: {_short(err)}"
-                        return result
-                    time.sleep(BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)])
-    finally:
-        spool.close()
-        result.run_id = delivery.run_id
-        result.points_sent, result.points_present = delivery.points_sent, delivery.points_present
-    return result
-
-
-def find_spools(paths: list[str]) -> list[Path]:
-    """Spool files in/under each path (a run's output dir, or a sweep's root), oldest first."""
-    found: list[Path] = []
-    for p in map(Path, paths):
-        found += [p] if p.is_file() else sorted(p.rglob(SPOOL_GLOB), key=lambda f: (f.parent, f.stat().st_mtime))
-    return found
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="prefsweep mlflow-sync",
-        description="Send to MLflow what runs could not send while the tracking server was down (the "
-        f"{SPOOL_NAME} files in each output dir, searched recursively). Safe to repeat: points already in "
-        "MLflow are not sent again. Do not run it on a run that is still training.",
-    )
-    parser.add_argument("paths", nargs="+", metavar="OUTPUT_DIR", help="a run's output dir or a sweep's root")
-    parser.add_argument("--tracking-uri", help="the server's address, if it moved (it must hold the same store)")
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds to keep retrying a failing store")
-    args = parser.parse_args(argv)
-    spools = find_spools(args.paths)
-    if not spools:
-        print(f"prefsweep mlflow-sync: no {SPOOL_NAME} under {' '.join(args.paths)}", file=sys.stderr)
-        return 1
-    failed = 0
-    for path in spools:
-        result = sync_spool(path, args.tracking_uri, args.timeout)
-        if result.error:
-            failed += 1
-            print(f"{path}: NOT synced, {result.error} (sent {result.items} items before)", file=sys.stderr)
-        elif result.items == 0:
-            print(f"{path}: up to date (run {result.run_id})")
-        else:
-            print(f"{path}: run {result.run_id}: sent {result.items} items, {result.points_sent} metric points "
-                  f"({result.points_present} already in MLflow)")  # fmt: skip
-    return 1 if failed else 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

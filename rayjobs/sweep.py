@@ -243,7 +243,7 @@ def run(source: str | Path | dict, overrides: list[str] = (), *, worker_logs: bo
 
     from ray import tune
 
-    from rayjobs import tracking as mlflow_tracking
+    from rayjobs import mlflow_store, sweep_parent_run
     from rayjobs.local_ray import cluster_resources, ensure_ray
 
     how = ensure_ray(log_to_driver=worker_logs)
@@ -259,24 +259,24 @@ def run(source: str | Path | dict, overrides: list[str] = (), *, worker_logs: bo
 
     if spec.reference_cache:
         build_reference_caches(spec, base, base_cfg)
-    experiment_id = mlflow_tracking.ensure_experiment()
+    experiment_id = mlflow_store.ensure_experiment()
     previous = read_parent_run(exp_path) if resume else None
-    if previous is not None and previous.get("tracking_uri") == mlflow_tracking.tracking_uri():
+    if previous is not None and previous.get("tracking_uri") == mlflow_store.tracking_uri():
         from mlflow import MlflowClient
 
         parent_run_id, experiment_id = previous["run_id"], previous.get("experiment_id") or experiment_id
-        MlflowClient(mlflow_tracking.tracking_uri()).update_run(parent_run_id, status="RUNNING")
+        MlflowClient(mlflow_store.tracking_uri()).update_run(parent_run_id, status="RUNNING")
         print(f"prefsweep: resuming sweep {spec.name!r} from {exp_path}; MLflow parent run {parent_run_id}",
               flush=True)
     else:
         if resume:
             logger.warning("no MLflow parent run recorded in %s for this tracking store: a new one is started",
                            exp_path)
-        parent_run_id = mlflow_tracking.start_sweep_parent(
+        parent_run_id = sweep_parent_run.start_sweep_parent(
             spec.source, spec.path, experiment_id=experiment_id, run_name=spec.name
         )
         write_parent_run(exp_path, {"run_id": parent_run_id, "experiment_id": experiment_id,
-                                    "tracking_uri": mlflow_tracking.tracking_uri()})
+                                    "tracking_uri": mlflow_store.tracking_uri()})
     from rayjobs.train import tracking_args
 
     tracking = tracking_args(
@@ -295,14 +295,14 @@ def run(source: str | Path | dict, overrides: list[str] = (), *, worker_logs: bo
         grid = tuner.fit()
         summaries = trial_summaries(grid, spec, base)
     except BaseException:
-        mlflow_tracking.finish_sweep_parent(parent_run_id, [], metric=spec.metric, mode=spec.mode, status="KILLED")
+        sweep_parent_run.finish_sweep_parent(parent_run_id, [], metric=spec.metric, mode=spec.mode, status="KILLED")
         raise
-    board = mlflow_tracking.finish_sweep_parent(parent_run_id, summaries, metric=spec.metric, mode=spec.mode)
+    board = sweep_parent_run.finish_sweep_parent(parent_run_id, summaries, metric=spec.metric, mode=spec.mode)
     errors = [r for r in grid if r.error is not None]
     print(f"\nprefsweep: sweep {spec.name!r} finished: {len(summaries)} trials, {len(errors)} failed")
     print(board)
     print(f"\nTrial output dirs: {Path(base['output_dir'])}/<trial>; Ray results: {storage}/{spec.name}")
-    print(f"Compare the trials in MLflow: {mlflow_tracking.ui_command()}")
+    print(f"Compare the trials in MLflow: {mlflow_store.ui_command()}")
     if not any(math.isfinite((r.metrics or {}).get(spec.metric, math.nan)) for r in grid):
         print(f"warning: no trial reported {spec.metric}; check the eval settings of the base config",
               file=sys.stderr)
@@ -350,7 +350,7 @@ def restore_tuner(path: str, trainable):
 
 def trial_summaries(grid, spec: SweepSpec, base: dict) -> list:
     """One `TrialSummary` per Tune result: sampled values and final metric (curves come from MLflow)."""
-    from rayjobs.tracking import TrialSummary
+    from rayjobs.leaderboard import TrialSummary
 
     summaries = []
     for result in grid:

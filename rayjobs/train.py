@@ -168,15 +168,15 @@ def tracking_args(*, run_name: str, experiment_id: str | None, parent_run_id: st
                   log_model: bool = False) -> dict:
     """Plain keyword arguments for the workers' MLflow callback (store, experiment and tags resolved
     here, where `MLFLOW_*` are set; `experiment_id` None: the store was down, rank 0 resolves the name)."""
-    from rayjobs import tracking
+    from rayjobs import mlflow_store, mlflow_tags
 
     return {
-        "tracking_uri": tracking.tracking_uri(),
+        "tracking_uri": mlflow_store.tracking_uri(),
         "experiment_id": experiment_id,
-        "experiment_name": tracking.experiment_name(),
+        "experiment_name": mlflow_store.experiment_name(),
         "run_name": run_name,
         "parent_run_id": parent_run_id,
-        "tags": tracking.run_context_tags(),
+        "tags": mlflow_tags.run_context_tags(),
         "log_model": log_model,
     }
 
@@ -192,7 +192,7 @@ def run(source: str | Path | dict, overrides: Sequence[str] = (), *, log_model: 
         ensure_ray()  # before the MLflow tags, which record the Ray job id
     tracking = None
     if track:
-        from rayjobs.tracking import try_ensure_experiment
+        from rayjobs.mlflow_store import try_ensure_experiment
 
         tracking = tracking_args(run_name=run_name, experiment_id=try_ensure_experiment(), log_model=log_model)
     if not cfg.use_ray:
@@ -236,9 +236,9 @@ def _print_summary(cfg: TrainConfig, metrics: dict[str, float], *, tracked: bool
     for key in sorted(shown):
         print(f"  {key:32s} {shown[key]:.4f}")
     if tracked:
-        from rayjobs import tracking
+        from rayjobs import mlflow_store
 
-        print(f"MLflow: {tracking.ui_command()}")
+        print(f"MLflow: {mlflow_store.ui_command()}")
 
 
 def main(argv: list[str] | None = None) -> int:

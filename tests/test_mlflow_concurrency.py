@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from rayjobs import mlflow_spool, tracking
+from rayjobs import mlflow_store, spool_file, sweep_parent_run
 from tests.mlflow_servers import APT_LINE, MlflowServer, Postgres, postgres_bin
 
 REPO = Path(__file__).resolve().parents[1]
@@ -114,7 +114,7 @@ def check_store(client: MlflowClient, experiment_id: str, parent_run_id: str, re
                 (step, value(i, step, k)) for step in range(1, STEPS + 1)
             ]
             points += len(history)
-        spool = mlflow_spool.SpoolState.load(tmp_path / f"t{i}" / mlflow_spool.SPOOL_NAME)
+        spool = spool_file.SpoolState.load(tmp_path / f"t{i}" / spool_file.SPOOL_NAME)
         assert not spool.unsent() and not spool.dropped
     assert points == TRIALS * STEPS * METRICS
     return points
@@ -133,10 +133,10 @@ def test_eight_trials_log_at_once_to_the_default_sqlite_store(tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "prefsweep-concurrency")
-    uri = tracking.tracking_uri()
+    uri = mlflow_store.tracking_uri()
     assert uri == f"sqlite:///{tmp_path.resolve()}/mlflow.db"  # the default store
-    experiment_id = tracking.ensure_experiment()  # the driver creates and migrates the file first
-    parent = tracking.start_sweep_parent({"trials": TRIALS}, None, experiment_id=experiment_id, run_name="sweep")
+    experiment_id = mlflow_store.ensure_experiment()  # the driver creates and migrates the file first
+    parent = sweep_parent_run.start_sweep_parent({"trials": TRIALS}, None, experiment_id=experiment_id, run_name="sweep")
     results = run_trials(uri, experiment_id, parent, tmp_path)
     points = check_store(MlflowClient(uri), experiment_id, parent, results, tmp_path)
     print(summary("sqlite", points, results))
@@ -163,8 +163,8 @@ def test_eight_trials_log_at_once_to_a_postgres_backed_server(postgres, tmp_path
     try:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
         monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "prefsweep-concurrency")
-        experiment_id = tracking.ensure_experiment()
-        parent = tracking.start_sweep_parent({"trials": TRIALS}, None, experiment_id=experiment_id, run_name="sweep")
+        experiment_id = mlflow_store.ensure_experiment()
+        parent = sweep_parent_run.start_sweep_parent({"trials": TRIALS}, None, experiment_id=experiment_id, run_name="sweep")
         results = run_trials(server.url, experiment_id, parent, tmp_path)
         points = check_store(MlflowClient(server.url), experiment_id, parent, results, tmp_path)
         # The points are in PostgreSQL itself, not only behind the server.

@@ -29,7 +29,7 @@ import pytest
 from mlflow import MlflowClient
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from rayjobs import mlflow_spool, tracking
+from rayjobs import mlflow_spool, mlflow_store, mlflow_sync, spool_file
 from rayjobs.tracking import MlflowLoggingCallback
 from tests.mlflow_servers import MlflowServer, free_port
 from trainer.config import load_config
@@ -137,7 +137,7 @@ def test_a_60s_outage_mid_training_loses_and_doubles_no_point(tiny_model, data_d
     server = MlflowServer(tmp_path, f"sqlite:///{tmp_path / 'server.db'}").start()
     try:
         caplog.set_level("WARNING", logger="prefsweep.mlflow")
-        experiment_id = tracking.ensure_experiment("prefsweep-outage", uri=server.url)
+        experiment_id = mlflow_store.ensure_experiment("prefsweep-outage", uri=server.url)
         cfg = training_config(tiny_model, data_dir, tmp_path / "run", max_steps=5000, eval_steps=25)
         callback = TimedMlflowCallback(
             tracking_uri=server.url, experiment_id=experiment_id, run_name="outage", config=cfg.to_flat_dict()
@@ -171,7 +171,7 @@ def test_a_60s_outage_mid_training_loses_and_doubles_no_point(tiny_model, data_d
         run = client.get_run(callback.run_id)
         assert run.info.status == "FINISHED"
         points = assert_exactly_once(client, callback.run_id, cfg.output_dir)
-        assert not mlflow_spool.SpoolState.load(cfg.output_dir / mlflow_spool.SPOOL_NAME).unsent()
+        assert not spool_file.SpoolState.load(cfg.output_dir / spool_file.SPOOL_NAME).unsent()
         assert {"trainer_state.json", "resolved_config.yaml", "training_loss.png"} <= {
             a.path for a in client.list_artifacts(callback.run_id)
         }
@@ -202,14 +202,14 @@ def test_a_server_gone_for_good_leaves_a_spool_that_syncs_exactly_once(tiny_mode
     assert callback.run_id is None
     out = cfg.output_dir
     assert json.loads((out / "all_results.json").read_text())["train_loss"] > 0
-    spool = out / mlflow_spool.SPOOL_NAME
-    unsent = mlflow_spool.SpoolState.load(spool).unsent()
+    spool = out / spool_file.SPOOL_NAME
+    unsent = spool_file.SpoolState.load(spool).unsent()
     assert [i["op"] for i in unsent][:2] == ["open", "metrics"] and unsent[-1] == {**unsent[-1], "op": "end"}
     assert f"prefsweep mlflow-sync {out}" in caplog.text
 
     server = MlflowServer(tmp_path, f"sqlite:///{tmp_path / 'server.db'}", port=port).start()
     try:
-        assert mlflow_spool.main([str(out)]) == 0
+        assert mlflow_sync.main([str(out)]) == 0
         client = MlflowClient(url)
         experiment = client.get_experiment_by_name("prefsweep-later")
         assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
@@ -223,14 +223,14 @@ def test_a_server_gone_for_good_leaves_a_spool_that_syncs_exactly_once(tiny_mode
         points = assert_exactly_once(client, run.info.run_id, out)
 
         # Again, through the CLI entry: nothing left, nothing doubled.
-        again = subprocess.run([sys.executable, "-m", "rayjobs.mlflow_spool", str(out)], cwd=REPO,
+        again = subprocess.run([sys.executable, "-m", "rayjobs.mlflow_sync", str(out)], cwd=REPO,
                                capture_output=True, text=True, timeout=120)  # fmt: skip
         assert again.returncode == 0 and "up to date" in again.stdout, again.stderr
         # With the spool's sent markers lost (a crash before they reached the disk): the history is
         # read first, so still nothing is doubled.
         lines = spool.read_text().splitlines()
         spool.write_text("".join(line + "\n" for line in lines if '"op":"sent"' not in line))
-        assert mlflow_spool.main([str(out)]) == 0
+        assert mlflow_sync.main([str(out)]) == 0
         assert assert_exactly_once(client, run.info.run_id, out) == points
         assert len(client.search_runs([experiment.experiment_id])) == 1
         print(f"\nsynced {points} points into a run created after training; 3 syncs, none doubled")
@@ -264,7 +264,7 @@ def test_a_hung_server_neither_slows_steps_nor_holds_the_end(tmp_path, monkeypat
         ended_s = time.monotonic() - start
     assert slowest < 0.25, f"on_log took {slowest:.3f} s"
     assert ended_s < 2 + 2 + 1  # flush timeout, plus the request in flight (1 s timeout), plus slack
-    state_ = mlflow_spool.SpoolState.load(tmp_path / mlflow_spool.SPOOL_NAME)
+    state_ = spool_file.SpoolState.load(tmp_path / spool_file.SPOOL_NAME)
     assert sum(len(i.get("metrics", ())) for i in state_.unsent()) == 400
     assert "is unreachable" in caplog.text and "prefsweep mlflow-sync" in caplog.text
 
@@ -287,7 +287,7 @@ def test_a_backlog_beyond_memory_is_read_back_from_the_spool(tmp_path, monkeypat
     monkeypatch.setattr(mlflow_spool, "MAX_PENDING", 5)
     monkeypatch.setattr(mlflow_spool, "BACKOFF_S", (0.05,))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    experiment_id = tracking.ensure_experiment("backlog", uri=uri)
+    experiment_id = mlflow_store.ensure_experiment("backlog", uri=uri)
     callback = MlflowLoggingCallback(tracking_uri=uri, experiment_id=experiment_id, run_name="b", config={})
     drive(callback, tmp_path, range(1, 2), finalize=False)
     assert callback.flush(timeout_s=10)  # step 1 is in; then the store goes away
@@ -331,8 +331,8 @@ def test_unsent_spools_of_earlier_runs_are_kept_and_synced(tmp_path, caplog):
     assert sorted(p.name for p in out.glob("mlflow_spool*.jsonl")) == ["mlflow_spool.1.jsonl", "mlflow_spool.jsonl"]
     assert "moved to" in caplog.text
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    assert mlflow_spool.main([str(tmp_path), "--tracking-uri", uri, "--timeout", "5"]) == 0
-    assert mlflow_spool.main([str(tmp_path), "--tracking-uri", uri, "--timeout", "5"]) == 0
+    assert mlflow_sync.main([str(tmp_path), "--tracking-uri", uri, "--timeout", "5"]) == 0
+    assert mlflow_sync.main([str(tmp_path), "--tracking-uri", uri, "--timeout", "5"]) == 0
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("moved").experiment_id])
     assert sorted((r.info.run_name, r.info.status, r.data.params["n"]) for r in runs) == [
@@ -352,7 +352,7 @@ def test_the_driver_does_not_wait_for_a_dead_server(tmp_path, monkeypatch, caplo
     monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)  # the defaults retry for minutes
     monkeypatch.delenv("MLFLOW_HTTP_REQUEST_TIMEOUT", raising=False)
     start = time.monotonic()
-    assert tracking.try_ensure_experiment("x") is None
+    assert mlflow_store.try_ensure_experiment("x") is None
     driver = MlflowLoggingCallback(tracking_uri=dead, experiment_id=None, experiment_name="x", run_name="d", config={})
     assert driver.ensure_run() is None
     assert time.monotonic() - start < 5

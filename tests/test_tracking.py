@@ -21,8 +21,9 @@ from mlflow import MlflowClient
 from PIL import Image
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
-from rayjobs import tracking
-from rayjobs.tracking import MlflowLoggingCallback, TrialSummary
+from rayjobs import mlflow_params, mlflow_store, mlflow_tags, sweep_parent_run
+from rayjobs.leaderboard import TrialSummary
+from rayjobs.tracking import MlflowLoggingCallback
 from trainer.plotting import plot_curves
 
 SECRET = "hf_q8Zr2LmN5vXc7TyW3pKd9sJf4HbG6aE1"
@@ -83,7 +84,7 @@ def run_trial(
     """Drive the callback as `Trainer.train()` does, with the files the trainer writes before finalize."""
     output_dir.mkdir(parents=True, exist_ok=True)
     callback = MlflowLoggingCallback(
-        tracking_uri=tracking.tracking_uri(),
+        tracking_uri=mlflow_store.tracking_uri(),
         experiment_id=experiment_id,
         run_name=run_name,
         parent_run_id=parent_run_id,
@@ -125,7 +126,7 @@ def store(db_dir, tmp_path, monkeypatch, request):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db_dir}/mlflow.db")
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", f"prefsweep-{request.node.name}")
-    return MlflowClient(tracking.tracking_uri())
+    return MlflowClient(mlflow_store.tracking_uri())
 
 
 def download_text(client: MlflowClient, run_id: str, path: str, dst: Path) -> str:
@@ -143,28 +144,28 @@ def test_default_uri_is_absolute_sqlite_in_cwd(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
-    assert tracking.tracking_uri() == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
-    assert tracking.experiment_name() == "prefsweep"
-    assert tracking.ui_command() == f"mlflow ui --backend-store-uri sqlite:///{tmp_path.resolve()}/mlflow.db"
+    assert mlflow_store.tracking_uri() == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    assert mlflow_store.experiment_name() == "prefsweep"
+    assert mlflow_store.ui_command() == f"mlflow ui --backend-store-uri sqlite:///{tmp_path.resolve()}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///sub/x.db")  # relative: made absolute for workers
-    assert tracking.tracking_uri() == f"sqlite:///{tmp_path.resolve()}/sub/x.db"
+    assert mlflow_store.tracking_uri() == f"sqlite:///{tmp_path.resolve()}/sub/x.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
-    assert tracking.tracking_uri() == "http://127.0.0.1:5000"
-    assert tracking.ui_command() == "open http://127.0.0.1:5000"
+    assert mlflow_store.tracking_uri() == "http://127.0.0.1:5000"
+    assert mlflow_store.ui_command() == "open http://127.0.0.1:5000"
 
 
 def test_ensure_experiment_tags_kind_once_and_fixes_existing(store, db_dir):
-    exp_id = tracking.ensure_experiment()
+    exp_id = mlflow_store.ensure_experiment()
     experiment = store.get_experiment(exp_id)
     assert experiment.name == "prefsweep-test_ensure_experiment_tags_kind_once_and_fixes_existing"
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     # next to the db, not under the cwd; one folder per experiment
     assert experiment.artifact_location == str(db_dir.resolve() / "mlruns" / experiment.name)
-    assert tracking.ensure_experiment() == exp_id
+    assert mlflow_store.ensure_experiment() == exp_id
 
     legacy = store.create_experiment("made-elsewhere")
     assert "mlflow.experimentKind" not in store.get_experiment(legacy).tags
-    assert tracking.ensure_experiment("made-elsewhere") == legacy
+    assert mlflow_store.ensure_experiment("made-elsewhere") == legacy
     assert store.get_experiment(legacy).tags["mlflow.experimentKind"] == "custom_model_development"
 
 
@@ -176,7 +177,7 @@ def test_flatten_params_nests_stringifies_truncates_and_redacts():
         note=f"pushed with {SECRET}",
         empty={},
     )
-    params = tracking.flatten_params(config)
+    params = mlflow_params.flatten_params(config)
     assert params["ray.num_workers"] == "2"
     assert params["ray.resources_per_worker.CPU"] == "1"
     assert params["ray.use_gpu"] == "False"
@@ -210,14 +211,14 @@ def test_flatten_params_nests_stringifies_truncates_and_redacts():
     ],
 )
 def test_secret_key_names(key, secret):
-    assert tracking.is_secret_key(key) is secret
+    assert mlflow_params.is_secret_key(key) is secret
 
 
 # ------------------------------------------------------------------------------------------- one run
 
 
 def test_single_run_records_params_metrics_artifacts_and_tags(store, db_dir, tmp_path):
-    exp_id = tracking.ensure_experiment()
+    exp_id = mlflow_store.ensure_experiment()
     config = make_config("ipo", 0.5)
     accuracies = [0.25, 0.5, 0.5, 0.75]
     callback = run_trial(
@@ -238,7 +239,7 @@ def test_single_run_records_params_metrics_artifacts_and_tags(store, db_dir, tmp
     assert run.data.tags["prefsweep.dataset_fingerprint"] == "fp-1234"
     assert run.data.tags["team"] == "prefs"
     assert (
-        run.data.tags.get("mlflow.source.git.commit") == tracking.git_commit()
+        run.data.tags.get("mlflow.source.git.commit") == mlflow_tags.git_commit()
     )  # None outside a git checkout
     assert run.data.params["pref_loss"] == "ipo"
     assert run.data.params["pref_beta"] == "0.5"
@@ -255,7 +256,7 @@ def test_single_run_records_params_metrics_artifacts_and_tags(store, db_dir, tmp
         assert m.value == pytest.approx(0.7 - 0.05 * m.step)
     assert {"learning_rate", "grad_norm", "rewards/chosen", "epoch", "eval_loss"} <= set(run.data.metrics)
 
-    artifacts = db_dir / "mlruns" / tracking.experiment_name() / callback.run_id / "artifacts"
+    artifacts = db_dir / "mlruns" / mlflow_store.experiment_name() / callback.run_id / "artifacts"
     assert (artifacts / "training_loss.png").is_file()  # absolute: a worker in another cwd writes here
     names = artifact_names(store, callback.run_id)
     assert EXPECTED_PNGS | {"resolved_config.yaml", "trainer_state.json"} <= names
@@ -272,9 +273,9 @@ def test_single_run_records_params_metrics_artifacts_and_tags(store, db_dir, tmp
 
 
 def test_only_finite_numbers_are_logged(store, tmp_path):
-    exp_id = tracking.ensure_experiment()
+    exp_id = mlflow_store.ensure_experiment()
     callback = MlflowLoggingCallback(
-        tracking_uri=tracking.tracking_uri(), experiment_id=exp_id, run_name="odd", config=make_config()
+        tracking_uri=mlflow_store.tracking_uri(), experiment_id=exp_id, run_name="odd", config=make_config()
     )
     args, state, control = TrainingArguments(output_dir=str(tmp_path)), TrainerState(), TrainerControl()
     callback.on_train_begin(args, state, control)
@@ -288,7 +289,7 @@ def test_only_finite_numbers_are_logged(store, tmp_path):
 
 
 def test_log_model_uploads_weights_not_checkpoints(store, tmp_path):
-    exp_id = tracking.ensure_experiment()
+    exp_id = mlflow_store.ensure_experiment()
     out = tmp_path / "out"
     (out / "checkpoint-2").mkdir(parents=True)
     (out / "checkpoint-2" / "adapter_model.safetensors").write_bytes(b"old")
@@ -312,7 +313,7 @@ def test_log_model_uploads_weights_not_checkpoints(store, tmp_path):
 
 
 def test_other_ranks_log_nothing_and_the_callback_pickles(store, tmp_path):
-    exp_id = tracking.ensure_experiment()
+    exp_id = mlflow_store.ensure_experiment()
     callback = run_trial(
         tmp_path / "rank1",
         experiment_id=exp_id,
@@ -352,8 +353,8 @@ METRIC = "eval_rewards/accuracies"
 
 
 def test_sweep_parent_children_leaderboard_and_best_config(store, tmp_path):
-    exp_id = tracking.ensure_experiment()
-    parent = tracking.start_sweep_parent(
+    exp_id = mlflow_store.ensure_experiment()
+    parent = sweep_parent_run.start_sweep_parent(
         SPEC, "sweeps/demo.yaml", experiment_id=exp_id, run_name="demo-sweep"
     )
     # eval_rewards/accuracies is logged at steps 2 and 4: (acc[1], acc[3]) -> final = acc[3], best = max
@@ -385,7 +386,7 @@ def test_sweep_parent_children_leaderboard_and_best_config(store, tmp_path):
                      plan["t1_ipo_b0.5"][0], [(2, 1.0), (4, 0.75)]),
         TrialSummary("t2_simpo_b0.5", "simpo", 0.5, 0.3, 0.0, None, None, None, plan["t2_simpo_b0.5"][0], []),
     ]  # fmt: skip
-    text = tracking.finish_sweep_parent(parent, trials, metric=METRIC, mode="max")
+    text = sweep_parent_run.finish_sweep_parent(parent, trials, metric=METRIC, mode="max")
 
     parent_run = store.get_run(parent)
     assert parent_run.info.status == "FINISHED"
@@ -430,8 +431,8 @@ def test_sweep_parent_children_leaderboard_and_best_config(store, tmp_path):
 
 
 def test_a_restarted_trial_reuses_its_child_run(store, tmp_path):
-    exp_id = tracking.ensure_experiment()
-    parent = tracking.start_sweep_parent(SPEC, None, experiment_id=exp_id, run_name="restarts")
+    exp_id = mlflow_store.ensure_experiment()
+    parent = sweep_parent_run.start_sweep_parent(SPEC, None, experiment_id=exp_id, run_name="restarts")
     first = run_trial(
         tmp_path / "a", experiment_id=exp_id, run_name="t0", parent_run_id=parent, config=make_config(),
         accuracies=[0.5, 0.5], finalize=False,
@@ -448,9 +449,9 @@ def test_a_restarted_trial_reuses_its_child_run(store, tmp_path):
 def test_a_run_created_on_the_driver_survives_a_worker_restart(store, tmp_path):
     """`prefsweep train` through Ray: the driver creates the run, each worker group gets a pickled copy;
     the first group dies mid-run (no finalize), the restarted one attaches to the same run and ends it."""
-    exp_id = tracking.ensure_experiment()
+    exp_id = mlflow_store.ensure_experiment()
     driver = MlflowLoggingCallback(
-        tracking_uri=tracking.tracking_uri(), experiment_id=exp_id, run_name="plain", config=make_config()
+        tracking_uri=mlflow_store.tracking_uri(), experiment_id=exp_id, run_name="plain", config=make_config()
     )
     run_id = driver.ensure_run()
     shipped = pickle.dumps(driver)
@@ -475,9 +476,9 @@ def test_a_refused_metric_write_warns_and_is_counted_not_raised(store, tmp_path,
     """Training must outlive a tracking hiccup: here the run is deleted under the callback, MLflow refuses
     the step's batch for good (not an outage: no retry), the sender warns and counts it, and the count is
     tagged once the run is back."""
-    exp_id = tracking.ensure_experiment()
+    exp_id = mlflow_store.ensure_experiment()
     callback = MlflowLoggingCallback(
-        tracking_uri=tracking.tracking_uri(), experiment_id=exp_id, run_name="hiccup", config=make_config()
+        tracking_uri=mlflow_store.tracking_uri(), experiment_id=exp_id, run_name="hiccup", config=make_config()
     )
     args, state, control = TrainingArguments(output_dir=str(tmp_path)), TrainerState(), TrainerControl()
     callback.on_train_begin(args, state, control)
@@ -501,7 +502,7 @@ def test_only_transient_store_errors_are_retried(monkeypatch):
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE
 
-    monkeypatch.setattr(tracking.time, "sleep", lambda s: None)
+    monkeypatch.setattr(mlflow_store.time, "sleep", lambda s: None)
     calls = []
 
     def flaky(code, failures):
@@ -510,8 +511,8 @@ def test_only_transient_store_errors_are_retried(monkeypatch):
             raise MlflowException("locked", error_code=code)
         return "ok"
 
-    assert tracking._with_retries(flaky, TEMPORARILY_UNAVAILABLE, 2) == "ok" and len(calls) == 3
+    assert mlflow_store.with_retries(flaky, TEMPORARILY_UNAVAILABLE, 2) == "ok" and len(calls) == 3
     calls.clear()
     with pytest.raises(MlflowException):
-        tracking._with_retries(flaky, INVALID_PARAMETER_VALUE, 1)
+        mlflow_store.with_retries(flaky, INVALID_PARAMETER_VALUE, 1)
     assert len(calls) == 1

@@ -13,8 +13,8 @@ import yaml
 from mlflow import MlflowClient
 from PIL import Image
 
-from rayjobs import tracking
-from rayjobs.tracking import TrialSummary
+from rayjobs import mlflow_store, sweep_parent_run
+from rayjobs.leaderboard import TrialSummary
 from tests.mlflow_servers import MlflowServer
 from tests.test_tracking import EXPECTED_PNGS, METRIC, SPEC, artifact_names, make_config, run_trial
 
@@ -35,10 +35,10 @@ def test_sweep_over_http_lands_in_the_server_store(mlflow_server, tmp_path, monk
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "prefsweep-http")
-    assert tracking.tracking_uri() == url and tracking.ui_command() == f"open {url}"
+    assert mlflow_store.tracking_uri() == url and mlflow_store.ui_command() == f"open {url}"
 
-    exp_id = tracking.ensure_experiment()
-    parent = tracking.start_sweep_parent(SPEC, None, experiment_id=exp_id, run_name="http-sweep")
+    exp_id = mlflow_store.ensure_experiment()
+    parent = sweep_parent_run.start_sweep_parent(SPEC, None, experiment_id=exp_id, run_name="http-sweep")
     plan = {  # eval accuracies at steps 2, 4: sigmoid (0.5, 0.5) -> final 0.5; hinge (0.75, 1.0) -> final 1.0
         "t0_sigmoid": (make_config("sigmoid", 0.1), [0.25, 0.5, 0.5, 0.5]),
         "t1_hinge": (make_config("hinge", 0.3), [0.5, 0.75, 1.0, 1.0]),
@@ -51,7 +51,7 @@ def test_sweep_over_http_lands_in_the_server_store(mlflow_server, tmp_path, monk
         )  # fmt: skip
         trials.append(TrialSummary(name, config["pref_loss"], config["pref_beta"], None, 0.0, None, None, cb.run_id,
                                    config, []))  # fmt: skip
-    text = tracking.finish_sweep_parent(parent, trials, metric=METRIC, mode="max")
+    text = sweep_parent_run.finish_sweep_parent(parent, trials, metric=METRIC, mode="max")
     assert [line.split()[1] for line in text.splitlines()[3:]] == ["t1_hinge", "t0_sigmoid"]
 
     client = MlflowClient(url)
