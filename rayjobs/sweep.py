@@ -43,9 +43,10 @@ from trainer.errors import ConfigError
 logger = logging.getLogger("prefsweep")
 
 DEFAULT_STORAGE = "~/ray_results"
-# The trial driver needs no CPU of its own (Ray Train's controller takes none either); 0.001 keeps
-# Tune's placement group non-empty.
-TRIAL_DRIVER_RESOURCES = {"CPU": 0.001}
+# The trial driver needs no CPU of its own (Ray Train's controller takes none either). One byte of
+# `memory` keeps Tune's placement group non-empty; a fractional CPU would not: with 0.001 CPU per driver,
+# two 1-CPU trials need 2.002 CPUs and on a 2-CPU machine the second trial's workers wait for the first.
+TRIAL_DRIVER_RESOURCES = {"CPU": 0, "memory": 1}
 PARENT_RUN_FILE = "prefsweep_parent_run.json"
 """In the sweep's experiment dir: the MLflow parent run a `--resume` reattaches to."""
 TRAIN_RUN_NAME = "train"
