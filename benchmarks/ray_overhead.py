@@ -15,10 +15,13 @@ by both variants, so the variants differ only in `use_ray`):
   evaluation every 8 steps and at the end, loss logged every 2 steps); `--quick`: 16 samples (4 steps);
 - `precompute_ref: never` (no reference cache in either run), `report_to: none` and `--no-mlflow` (no
   tracking), no checkpoints (`save_strategy: "no"`; both save the final model), `use_cpu` on CPU;
-- `ray:` one worker (`use_gpu` with `--device cuda`), `storage_path` in the temporary directory. Ray is
+- `ray:` one worker with all the machine's CPUs (so Ray gives it the in-process run's torch threads;
+  `use_gpu` with `--device cuda`), `storage_path` in the temporary directory. Ray is
   the private local Ray that `prefsweep train` starts when `RAY_ADDRESS` is unset (it is removed from
   the runs' environment); the run's own exit shuts it down, and the driver checks that no process of
-  the run's session outlives it (leftovers are reported, then killed).
+  the run's session outlives it (leftovers are reported, then killed). `--attach` instead starts one
+  `ray start --head` (127.0.0.1, token auth) before the rounds and runs the Ray variant against it, as a
+  job on a running cluster: Ray's own start and stop then fall outside the timed runs.
 
 Measured per run: wall time from subprocess start to exit (the target metric), `train_runtime` from the
 output dir's `all_results.json` (the Hugging Face trainer's own clock around `train()`), the phase
@@ -40,6 +43,7 @@ Target (issue 4): Ray Train 1 worker / in-process wall time <= 1.10x on a run of
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -86,10 +90,11 @@ def cli_command() -> list[str]:
     return [str(script)] if script.is_file() else [sys.executable, "-m", "rayjobs.cli"]
 
 
-def run_env(threads: int | None = None) -> dict[str, str]:
+def run_env(threads: int | None = None, cluster: dict[str, str] | None = None) -> dict[str, str]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false"}
     env.pop("RAY_ADDRESS", None)  # a private local Ray, as on a laptop
+    env.update(cluster or {})  # --attach: RAY_ADDRESS and token auth of the running head
     if threads:  # both variants; Ray keeps an OMP_NUM_THREADS that is already set
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     else:
@@ -160,13 +165,13 @@ def session_processes(sid: int) -> list[dict]:
 
 
 def launch(variant: str, config: Path, output_dir: Path, log_path: Path, *, profile: bool = False,
-           timeout: float = 1800, threads: int | None = None) -> dict:
+           timeout: float = 1800, threads: int | None = None, cluster: dict[str, str] | None = None) -> dict:
     """Run the CLI once; wall time, trainer metrics, losses, phase times, leftover processes."""
     use_ray = variant != "in_process"
     args = ["train", str(config), f"use_ray={str(use_ray).lower()}", f"output_dir={output_dir}", "--no-mlflow"]
     cmd = ([sys.executable, "-m", "benchmarks.ray_overhead", "--profile-driver", *args] if profile
            else [*cli_command(), *args])
-    env = run_env(threads)
+    env = run_env(threads, cluster if use_ray else None)
     marks_path = log_path.with_suffix(".marks")
     if profile:
         site = log_path.parent / "profile_site"
@@ -345,7 +350,10 @@ def write_config(args, model_dir: Path, root: Path) -> tuple[Path, dict]:
         precompute_ref="never",
         report_to="none",
         save_strategy="no",
-        ray={"num_workers": 1, "use_gpu": args.device == "cuda", "storage_path": str(root / "ray_storage")},
+        # the worker gets the in-process run's CPUs: Ray sets its OMP_NUM_THREADS from them, so both runs
+        # use the same torch threads (with 1 CPU the Ray run would train on 1 thread, the other on all)
+        ray={"num_workers": 1, "use_gpu": args.device == "cuda", "storage_path": str(root / "ray_storage"),
+             "resources_per_worker": {"CPU": worker_cpus(args), **({"GPU": 1} if args.device == "cuda" else {})}},
     )
     if args.device == "cuda":
         config["bf16"] = True
@@ -354,6 +362,52 @@ def write_config(args, model_dir: Path, root: Path) -> tuple[Path, dict]:
     path = root / "config.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path, config
+
+
+def worker_cpus(args) -> int:
+    return args.threads or os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def running_head(root: Path, cpus: int):
+    """`ray start --head --block` on 127.0.0.1 with token auth, as on a cluster a job is submitted to; yields
+    the environment a client needs (RAY_ADDRESS, RAY_AUTH_MODE, RAY_AUTH_TOKEN_PATH). Stopped by killing its
+    own process session, never `ray stop` (which would stop every Ray of this user on the machine)."""
+    import secrets
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    token = root / "ray_token"
+    token.write_text(secrets.token_hex(32))
+    env = {"RAY_ADDRESS": f"127.0.0.1:{port}", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+    ray_cli = str(Path(sys.executable).parent / "ray")
+    head = subprocess.Popen(
+        [ray_cli, "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
+         f"--num-cpus={cpus}", "--include-dashboard=false", f"--temp-dir={root / 'ray_tmp'}"],
+        env={**run_env(), **{k: v for k, v in env.items() if k != "RAY_ADDRESS"}},
+        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        probe = "import ray; ray.init(); print(ray.cluster_resources().get('CPU'))"
+        deadline = time.monotonic() + 180
+        while True:
+            check = subprocess.run([sys.executable, "-c", probe], env=run_env(cluster=env), capture_output=True,
+                                   text=True)
+            if check.returncode == 0:
+                break
+            if head.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"ray start --head did not come up: {check.stderr[-2000:]}")
+            time.sleep(2)
+        print(f"attached to a running Ray head at {env['RAY_ADDRESS']} ({cpus} CPUs)")
+        yield env
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
 
 
 def same_losses(runs: dict[str, list[dict]]) -> dict:
@@ -527,8 +581,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true",
                         help="after the rounds, one instrumented Ray run: where Ray's extra time goes")
     parser.add_argument("--threads", type=int, default=None,
-                        help="OMP/MKL threads for both variants (default: each its own: torch takes one per core "
-                             "in-process, Ray sets OMP_NUM_THREADS to the worker's CPUs, 1)")
+                        help="OMP/MKL threads and the Ray worker's CPUs (default: the machine's cores; Ray sets the "
+                             "worker's OMP_NUM_THREADS to its CPUs, so both variants use the same threads)")
+    parser.add_argument("--attach", action="store_true",
+                        help="run the Ray variant against a running `ray start --head` (token auth, 127.0.0.1), "
+                             "as a job on a cluster: Ray's own start and stop fall outside the run")
     parser.add_argument("--keep-logs", metavar="DIR", help="copy every run's output log here")
     parser.add_argument("--run-timeout", type=int, default=1800, help="seconds per run")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "ray_overhead.json"))
@@ -556,19 +613,22 @@ def main(argv: list[str] | None = None) -> int:
         config_path, config = write_config(args, model_dir, root)
         logs = root / "logs"
         logs.mkdir()
+        stack = contextlib.ExitStack()
+        cluster = stack.enter_context(running_head(root, worker_cpus(args))) if args.attach else None
         for rnd in range(args.rounds):
             for variant in VARIANTS:
                 name = f"{variant}-{rnd}"
                 run = launch(variant, config_path, root / "out" / name, logs / f"{name}.log", timeout=args.run_timeout,
-                             threads=args.threads)
+                             threads=args.threads, cluster=cluster)
                 runs[variant].append(run)
                 print(f"round {rnd + 1}/{args.rounds} {variant:<14} wall {run['wall_seconds']:6.1f} s  "
                       f"train_runtime {run['train_runtime']:6.1f} s  train_loss {run['train_loss']:.6f}  "
                       f"load before {run['load_average_1min_before']:.1f}", flush=True)
         if args.profile:
             run = launch("ray_1_worker", config_path, root / "out" / "profile", logs / "profile.log", profile=True,
-                         timeout=args.run_timeout, threads=args.threads)
+                         timeout=args.run_timeout, threads=args.threads, cluster=cluster)
             profiles.append(run)
+        stack.close()
         if args.keep_logs:
             shutil.copytree(logs, args.keep_logs, dirs_exist_ok=True)
 
@@ -585,7 +645,9 @@ def main(argv: list[str] | None = None) -> int:
         "setup": {"config": {k: v for k, v in config.items() if k != "model_name_or_path"}, "model": MODEL,
                   "base_config": str(BASE_CONFIG.relative_to(REPO)), "cli": cli_command()[-1],
                   "rounds": args.rounds, "quick": args.quick,
-                  "torch_threads": {"in_process": args.threads or os.cpu_count(), "ray_1_worker": args.threads or 1}, "ray_address": "local (RAY_ADDRESS unset)"},
+                  "torch_threads": worker_cpus(args), "worker_cpus": worker_cpus(args),
+                  "ray_address": "a running ray start --head (--attach)" if args.attach
+                  else "local (RAY_ADDRESS unset: the CLI starts and stops its own Ray)"},
         **summary,
         "losses": losses,
         "target": {"wall_ratio_at_most": TARGET_RATIO, "min_run_seconds": MIN_RUN_SECONDS},
