@@ -30,9 +30,8 @@ on this 2-core machine; Ray sets the worker's OMP_NUM_THREADS to its CPUs) and t
 run at once (cluster CPUs / per trial: 2 here). The cache build is one Ray task with one worker's
 resources, before any trial. Both are measured as the sweep path does them, not tuned for the benchmark.
 `trainings_at_once` in the summary (the trials' summed train_runtime over the trials' span) shows how many
-trainings really overlapped: on 2 CPUs it is about 1, because each trial's driver also holds 0.001 CPU
-(`rayjobs.sweep.TRIAL_DRIVER_RESOURCES`), so two trials need 2.002 CPUs and the second trial's worker
-waits for the first to finish (a sweep issue, reported; it slows both variants alike).
+trainings really overlapped: about 2 here since the trial drivers hold no CPU (before commit 0e14355 they
+held 0.001, two trials needed 2.002 CPUs, and the trainings ran one after another on 2 cores).
 
 Checks, per run: the sweep exited 0 with all 8 trials' output; both variants ran the same (loss, beta)
 per trial name; with the cache every trial read it (`ref_cache.json` status hit, `run_reference_forwards`
