@@ -201,7 +201,9 @@ def build_reference_caches(spec: SweepSpec, base: dict, base_cfg) -> None:
     The reference model is frozen, so its log-probs are the same in every trial that shares the model,
     data and tokenization; trials (`precompute_ref: auto`) then read them instead of running the
     reference each step. The sweep's corner configs (every loss, range ends) name the keys. The build
-    runs as a Ray task with one training worker's resources: on a GPU cluster, on a GPU node.
+    runs as a Ray task with one training worker's resources: on a GPU cluster, on a GPU node. Without
+    GPUs it takes every CPU of the largest node instead (no trial runs yet, and Ray gives the task as
+    many torch threads as CPUs), so a CPU machine's other cores do not idle through the build.
     """
     import ray
 
@@ -213,6 +215,9 @@ def build_reference_caches(spec: SweepSpec, base: dict, base_cfg) -> None:
     if not configs:
         return
     per_worker = {k: v / base_cfg.ray.num_workers for k, v in per_trial_resources(base_cfg).items()}
+    if not per_worker.get("GPU"):
+        node_cpus = [node["Resources"].get("CPU", 0.0) for node in ray.nodes() if node.get("Alive")]
+        per_worker["CPU"] = max([per_worker.get("CPU", 0.0), *node_cpus])
     task = ray.remote(ensure_reference_caches).options(
         num_cpus=per_worker.pop("CPU", 0), num_gpus=per_worker.pop("GPU", 0), resources=per_worker or None
     )
