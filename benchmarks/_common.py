@@ -255,14 +255,15 @@ def lf_peer_python(lf_peer: str | Path) -> tuple[str, str]:
     return python, str(Path(python).parents[2] / "stubs")  # <peer>/venv/bin/python -> <peer>/stubs
 
 
-def git_state(repo: Path) -> dict[str, Any]:
-    """HEAD and whether trainer/ has uncommitted changes (numbers then describe the working tree)."""
+def git_state(repo: Path, dirs: tuple[str, ...] = ("trainer",)) -> dict[str, Any]:
+    """HEAD and whether each of `dirs` has uncommitted changes (numbers then describe the working tree):
+    `{d}_dirty` per directory."""
 
     def git(*cmd: str) -> str:
         proc = subprocess.run(["git", *cmd], cwd=repo, capture_output=True, text=True)
         return proc.stdout.strip() if proc.returncode == 0 else ""
 
-    return {"commit": git("rev-parse", "HEAD"), "trainer_dirty": bool(git("status", "--porcelain", "--", "trainer"))}
+    return {"commit": git("rev-parse", "HEAD"), **{f"{d}_dirty": bool(git("status", "--porcelain", "--", d)) for d in dirs}}
 
 
 REGION_PREFIX = "bench::"

@@ -56,7 +56,7 @@ import threading
 import time
 from pathlib import Path
 
-from benchmarks._common import machine_facts, median, package_version, write_json
+from benchmarks._common import git_state, machine_facts, median, package_version, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 BASE_CONFIG = REPO / "configs" / "tiny_dpo.yaml"
@@ -559,15 +559,6 @@ def report(path: Path) -> int:
     return 0
 
 
-def git_state() -> dict:
-    def git(*cmd: str) -> str:
-        proc = subprocess.run(["git", *cmd], cwd=REPO, capture_output=True, text=True)
-        return proc.stdout.strip() if proc.returncode == 0 else ""
-
-    return {"commit": git("rev-parse", "HEAD"),
-            "dirty": {d: bool(git("status", "--porcelain", "--", d)) for d in ("trainer", "rayjobs")}}
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--profile-driver"]:
@@ -639,7 +630,7 @@ def main(argv: list[str] | None = None) -> int:
     write_json(args.out, {
         "command": "python -m benchmarks.ray_overhead " + " ".join(argv),
         "machine": machine_facts(args.device),
-        "git": git_state(),
+        "git": git_state(REPO, ("trainer", "rayjobs")),
         "load_average_after": os.getloadavg(),
         "versions": {p: package_version(None, p) for p in ("ray", "torch", "transformers", "accelerate")},
         "setup": {"config": {k: v for k, v in config.items() if k != "model_name_or_path"}, "model": MODEL,
