@@ -74,7 +74,7 @@ class RayReportCallback(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         import ray.train
 
-        from trainer.preference_trainer import last_complete_checkpoint
+        from trainer.checkpoints import last_complete_checkpoint
 
         metrics = self._report(state)
         # complete: PreferenceTrainer marks it after every rank wrote its files (on_save follows)
@@ -155,7 +155,7 @@ def _resume_checkpoint(invocation: str) -> str | None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         return None
-    from trainer.preference_trainer import checkpoint_is_complete
+    from trainer.checkpoints import checkpoint_is_complete
 
     path = Path(checkpoint.path)
     marker = path / INVOCATION_FILE

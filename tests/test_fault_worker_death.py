@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from rayjobs import train
-from trainer.preference_trainer import CHECKPOINT_COMPLETE
+from trainer.checkpoints import CHECKPOINT_COMPLETE
 
 REPO = Path(__file__).resolve().parents[1]
 SAVE_STEPS = 3
@@ -109,7 +109,7 @@ def test_deepspeed_zero2_worker_killed_resumes_weights_only(local_ray, tiny, uni
     a `weights_only=True` load with DeepSpeed's classes allow-listed, and the resume still matches."""
     import torch
 
-    from trainer.preference_trainer import deepspeed_safe_globals
+    from trainer.checkpoints import deepspeed_safe_globals
 
     out, steps, result = run_killed(tiny, tmp_path, deepspeed=str(REPO / "configs" / "ds_z2.json"))
     check_resumed(out, steps, result, uninterrupted, "ZeRO-2")
