@@ -26,6 +26,7 @@ from trainer.config.parsing import (
     read_yaml,
     training_fields,
     valid_keys,
+    with_overrides,
 )
 from trainer.config.resume import resolve_resume
 from trainer.config.schema import (
@@ -68,4 +69,5 @@ __all__ = [
     "resolve_resume",
     "training_fields",
     "valid_keys",
+    "with_overrides",
 ]

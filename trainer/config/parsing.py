@@ -7,6 +7,7 @@ unknown keys are errors naming the key and the nearest valid one. `load_config` 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import typing
@@ -103,8 +104,17 @@ def load_config(source: str | Path | dict[str, Any], overrides: list[str] | dict
         raise ConfigError(f"{where}{err}") from None
 
 
-def _build(raw: dict[str, Any]) -> TrainConfig:
-    raw = map_legacy_keys(raw)
+def with_overrides(cfg: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
+    """A new validated config: the keys `cfg` was built from with `overrides` applied (`ray.x` keys too).
+
+    How a parsed config is changed below the entry point (a trial's sampled values, absolute paths, a
+    resume): never by re-reading the YAML, and always re-validated, as defaults can depend on other keys.
+    """
+    return _build(apply_overrides(cfg.given, overrides))
+
+
+def _build(given: dict[str, Any]) -> TrainConfig:
+    raw = map_legacy_keys(given)
     training_types = training_fields()
     group_values: dict[str, dict[str, Any]] = {name: {} for name in GROUPS}
     field_group = {f.name: (name, f) for name, cls in GROUPS.items() for f in dataclasses.fields(cls)}
@@ -140,6 +150,7 @@ def _build(raw: dict[str, Any]) -> TrainConfig:
     finetuning = FinetuningArguments(**group_values["finetuning"])
     ray = RayArguments(**ray_values)
     training.setdefault("output_dir", "outputs/run")
-    cfg = TrainConfig(model=model, data=data, finetuning=finetuning, ray=ray, training=training, use_ray=use_ray)
+    cfg = TrainConfig(model=model, data=data, finetuning=finetuning, ray=ray, training=training, use_ray=use_ray,
+                      given=copy.deepcopy(given))
     validate(cfg)
     return cfg

@@ -134,6 +134,8 @@ class TrainConfig:
     training: dict[str, Any]
     """Hugging Face TrainingArguments keywords, validated; build with `training_arguments()`."""
     use_ray: bool = True
+    given: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+    """The flat keys as written (YAML plus overrides, before defaults); `with_overrides` derives from them."""
 
     @property
     def loss_name(self) -> str:
