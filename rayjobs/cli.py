@@ -17,7 +17,7 @@ COMMANDS = {
     "train": ("rayjobs.train", "train one run from a config YAML"),
     "sweep": ("rayjobs.sweep", "run a sweep spec with Ray Tune"),
     "make-tiny-model": ("trainer.tiny_model", "build the offline tiny Llama model and tokenizer"),
-    "mlflow-sync": ("rayjobs.mlflow_sync", "send MLflow what runs could not send (their mlflow_spool.jsonl), once"),
+    "mlflow-sync": ("rayjobs.tracking.sync", "send MLflow what runs could not send (their mlflow_spool.jsonl), once"),
 }
 
 

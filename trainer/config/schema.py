@@ -19,6 +19,9 @@ from trainer.config.coerce import as_list
 SUPPORTED_STAGES = ("dpo", "kto")
 FINETUNING_TYPES = ("full", "lora", "freeze")
 RESOLVED_CONFIG_NAME = "resolved_config.yaml"
+"""Written into output_dir by every run: the config it ran, as flat YAML."""
+REF_CACHE_NAME = "ref_cache.json"
+"""Written into output_dir by every run: what happened to its reference cache, with the MLflow tags."""
 
 
 @dataclass
