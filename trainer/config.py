@@ -491,12 +491,10 @@ def _validate(cfg: TrainConfig) -> None:
     for name in _as_list(data.dataset) + _as_list(data.eval_dataset):
         get_dataset_attr(name, data.dataset_dir)
     if data.template is not None:
-        from trainer.data.templates import TEMPLATES
+        from trainer.data.templates import TEMPLATES, unknown_template_error
 
         if data.template not in TEMPLATES:
-            near = difflib.get_close_matches(data.template, list(TEMPLATES), n=1)
-            hint = f"; did you mean {near[0]!r}?" if near else ""
-            raise ConfigError(f"template {data.template!r} is unknown{hint}; known: {sorted(TEMPLATES)}")
+            raise unknown_template_error(data.template)
     eval_strategy = str(training.get("eval_strategy", "no"))
     if eval_strategy not in ("no", "IntervalStrategy.NO") and not data.eval_dataset and not data.val_size:
         raise ConfigError(f"eval_strategy is {eval_strategy!r} but there is no eval_dataset and val_size is 0")

@@ -31,7 +31,7 @@ from trainer.errors import ConfigError, DataError
 logger = logging.getLogger(__name__)
 
 STAGES = ("dpo", "kto")
-_CODE_FILES = ("conversion.py", "encoding.py", "reading.py", "sources.py", "templates.py", "pipeline.py")
+_CODE_FILES = ("conversion.py", "encoding.py", "reading.py", "sources.py", "pipeline.py")
 
 
 def dataset_names(value: str | list[str] | None) -> list[str]:
@@ -58,7 +58,8 @@ def _file_digest(paths: list[Path]) -> str:
 
 def _code_digest() -> str:
     here = Path(__file__).parent
-    return _sha256(*[(here / name).read_text(encoding="utf-8") for name in _CODE_FILES])
+    files = [here / name for name in _CODE_FILES] + sorted((here / "templates").glob("*.py"))
+    return _sha256(*[path.read_text(encoding="utf-8") for path in files])
 
 
 def _tokenizer_digest(tokenizer: Any) -> str:
