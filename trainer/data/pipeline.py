@@ -25,7 +25,7 @@ from trainer.data.conversion import EMPTY_AFTER_TRUNCATION
 from trainer.data.encoding import MAP_BATCH_SIZE, FeedbackEncoder, PairwiseEncoder
 from trainer.data.reading import data_files
 from trainer.data.sources import Source, load_source
-from trainer.data.templates import get_template_and_fix_tokenizer
+from trainer.data.templates import get_template_and_fix_tokenizer, template_options
 from trainer.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -186,7 +186,7 @@ def build(
         raise ConfigError("val_size and eval_dataset are both set; use one way to get evaluation data")
     if do_train and not train_names:
         raise ConfigError("dataset is required to train (a name from dataset_dir/dataset_info.json)")
-    template = get_template_and_fix_tokenizer(tokenizer, data_args.template)
+    template = get_template_and_fix_tokenizer(tokenizer, data_args.template, **template_options(data_args))
     cache = (
         Path(cache_dir) if cache_dir is not None else Path(datasets.config.HF_DATASETS_CACHE) / "prefsweep"
     )

@@ -15,7 +15,6 @@ or saving the tokenizer.
 
 from __future__ import annotations
 
-import difflib
 import logging
 from dataclasses import replace
 from typing import Any
@@ -33,9 +32,11 @@ TEMPLATES: dict[str, Template] = dict(
 
 
 def unknown_template_error(name: str) -> ConfigError:
-    """`template: NAME` names no entry: say so, with the nearest names."""
-    near = difflib.get_close_matches(name, list(TEMPLATES), n=3, cutoff=0.5)
-    hint = f"; did you mean {' or '.join(repr(n) for n in near)}?" if near else ""
+    """`template: NAME` names no entry: say so, with the name most likely meant."""
+    from sweeps.key_errors import nearest  # the project's one did-you-mean rule (no ray, no mlflow)
+
+    near = nearest(name, TEMPLATES)
+    hint = f"; did you mean {near!r}?" if near else ""
     return ConfigError(
         f"template {name!r} is unknown{hint} ({len(TEMPLATES)} templates: {', '.join(TEMPLATES)}; "
         f"leave `template` unset to use the tokenizer's own chat_template)"
@@ -58,6 +59,15 @@ def get_template(
     if entry.thinking is not None:
         entry = replace(entry, enable_thinking=enable_thinking, preserve_thinking=preserve_thinking)
     return entry
+
+
+def template_options(data_args: Any) -> dict[str, Any]:
+    """`get_template`'s options from a `config.DataArguments` (or anything with those attributes)."""
+    return {
+        "enable_thinking": getattr(data_args, "enable_thinking", True),
+        "preserve_thinking": getattr(data_args, "preserve_thinking", False),
+        "default_system": getattr(data_args, "default_system", None),
+    }
 
 
 def get_template_and_fix_tokenizer(
@@ -93,5 +103,6 @@ __all__ = [
     "get_template",
     "get_template_and_fix_tokenizer",
     "template",
+    "template_options",
     "unknown_template_error",
 ]
