@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
-from transformers import AutoTokenizer
 
 from tests.template_cases import (
     CUTOFF_LEN,
@@ -25,6 +23,8 @@ from tests.template_cases import (
     PAIRWISE_DATASETS,
     SHARED_TOKENIZERS,
     build_tiny_tokenizer,
+    family_templates,
+    fresh_tokenizer,
     write_data,
 )
 from trainer.data.encoding import IGNORE_INDEX, FeedbackEncoder, PairwiseEncoder
@@ -46,8 +46,10 @@ def test_goldens_cover_every_template():
     reasoning = [name for name, entry in TEMPLATES.items() if entry.thinking is not None]
     assert sorted(GOLDEN["tiny"]) == sorted([*TEMPLATES, *(f"{n}/nothink" for n in reasoning)])
     assert len(TEMPLATES) == 121 and len(reasoning) == 25
+    for tokenizer in ("qwen3", "llama3.1", "gemma3"):
+        assert sorted({key.split("/")[0] for key in GOLDEN[tokenizer]}) == family_templates(tokenizer, sorted(TEMPLATES))
     assert {"qwen3", "qwen3_nothink", "qwen3_5", "qwen2_vl"} <= set(GOLDEN["qwen3"])
-    assert {"llama3", "llama4", "mllama"} <= set(GOLDEN["llama3.1"])
+    assert {"llama3", "mllama", "llava_next_llama3"} <= set(GOLDEN["llama3.1"])
     assert {"gemma", "gemma2", "gemma3", "gemma3n"} <= set(GOLDEN["gemma3"])
 
 
@@ -68,24 +70,6 @@ def inputs(tmp_path_factory) -> dict:
     dirs = {"tiny": build_tiny_tokenizer(root, data)}
     dirs.update({name: SHARED_TOKENIZERS / name for name in ("qwen3", "llama3.1", "gemma3")})
     return {"dirs": dirs, "batches": batches}
-
-
-_LOADED: dict[Path, tuple] = {}
-
-
-def fresh_tokenizer(path: Path):
-    """The tokenizer at `path` as loaded. Loading a real one takes seconds, so one copy is kept and put back
-    (eos, pad, chat template) after each use; a template that grew the vocabulary makes it load anew."""
-    cached = _LOADED.get(path)
-    if cached is not None and len(cached[0]) == cached[1][2]:
-        tok, (eos, pad, _, chat_template, extra) = cached
-        tok.eos_token, tok.pad_token, tok.chat_template = eos, pad, chat_template
-        tok.extra_special_tokens = list(extra)
-        return tok
-    tok = AutoTokenizer.from_pretrained(path, padding_side="right")
-    state = (tok.eos_token, tok.pad_token, len(tok), tok.chat_template, list(tok.extra_special_tokens))
-    _LOADED[path] = (tok, state)
-    return tok
 
 
 def compact_pairs(columns: dict) -> list[list[list[int]]]:

@@ -16,6 +16,7 @@ from trainer.errors import ConfigError, DataError
 DATASET_INFO = "dataset_info.json"
 FORMATTINGS = ("alpaca", "sharegpt")
 COLUMN_KEYS = ("prompt", "query", "response", "history", "messages", "system", "chosen", "rejected", "kto_tag")
+MEDIA_COLUMNS = ("images", "videos", "audios")  # LF's multimodal columns
 TAG_KEYS = (
     "role_tag",
     "content_tag",
@@ -113,6 +114,10 @@ def get_dataset_attr(name: str, dataset_dir: str | Path) -> DatasetAttr:
         if not isinstance(mapping, dict):
             raise ConfigError(f"{where}: {group} must be an object")
         bad = sorted(set(mapping) - set(keys))
+        media = [key for key in bad if key in MEDIA_COLUMNS]
+        if media:
+            raise ConfigError(f"{where}: multimodal data ({', '.join(media)}) is not supported; prefsweep trains "
+                              f"on text only (templates of multimodal families serve text rows)")
         if bad:
             raise ConfigError(f"{where}: unknown {group} key(s) {bad}; valid: {list(keys)}")
         for key, value in mapping.items():
