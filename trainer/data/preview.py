@@ -72,6 +72,8 @@ def tokenize(config: str, overrides: list[str], *, out: str | None, n_examples: 
         report.append("skipped rows: " + ", ".join(f"{reason}: {n}" for reason, n in data.skipped.items()))
     report.append(f"text inside {MASK_OPEN} {MASK_CLOSE} is masked (label -100, no loss); the rest is trained on")
     shown = data.train if data.train is not None else data.eval
+    if shown is None:
+        raise ConfigError("nothing to tokenize: do_train is not true and there is no eval_dataset or val_size")
     report.append(describe(tokenizer, shown, stage, n_examples))
     return "\n".join(report)
 
