@@ -24,7 +24,7 @@ from typing import Any, Literal
 import yaml
 
 from trainer.errors import ConfigError
-from trainer.losses import get_loss, loss_names
+from trainer.losses.config_checks import check_losses, combined_name
 
 SUPPORTED_STAGES = ("dpo", "kto")
 LF_ONLY_STAGES = ("pt", "sft", "rm", "ppo")
@@ -90,12 +90,34 @@ class FinetuningArguments:
     """freeze: comma-separated module names inside the trainable layers, or `all`."""
     pref_beta: float = 0.1
     """beta of the preference loss (temperature of the implicit reward)."""
-    pref_loss: str = "sigmoid"
-    """Paired loss for stage dpo."""
+    pref_loss: str | list[str] = "sigmoid"
+    """Paired loss for stage dpo, or a list of them combined (e.g. [sigmoid, bco_pair, sft])."""
+    pref_loss_weights: list[float] | None = None
+    """Weight of each loss of a pref_loss list (TRL's loss_weights; default 1 each)."""
     pref_ftx: float = 0.0
     """Weight of the SFT term -avg log p(chosen) added to the preference loss."""
     simpo_gamma: float | None = None
     """SimPO target reward margin; only with pref_loss simpo (default 0.5)."""
+    gamma_beta_ratio: float | None = None
+    """SimPO's gamma / beta (the paper's parametrisation), instead of simpo_gamma."""
+    discopop_tau: float = 0.05
+    """DiscoPOP temperature tau; only with pref_loss discopop."""
+    cpo_alpha: float = 1.0
+    """Weight of CPO's NLL term; only with pref_loss cpo."""
+    f_divergence_type: str = "reverse_kl"
+    """f-DPO regulariser: reverse_kl, forward_kl, js_divergence or alpha_divergence."""
+    f_alpha_divergence_coef: float = 0.5
+    """alpha of f_divergence_type alpha_divergence."""
+    ld_alpha: float | None = None
+    """LD-DPO: weight in [0, 1] of the tokens beyond the shorter response of each pair."""
+    use_weighting: bool = False
+    """WPO: weight each pair by the policy's length-normalised probabilities of its responses."""
+    sync_ref_model: bool = False
+    """TR-DPO: mix the policy into the reference every ref_model_sync_steps steps (full/freeze only)."""
+    ref_model_mixup_alpha: float = 0.6
+    """TR-DPO: reference <- alpha * policy + (1 - alpha) * reference."""
+    ref_model_sync_steps: int = 512
+    """TR-DPO: optimizer steps between reference updates."""
     dpo_label_smoothing: float = 0.0
     """Conservative DPO label smoothing eps in [0, 0.5); only with pref_loss sigmoid."""
     kto_chosen_weight: float = 1.0
@@ -117,7 +139,7 @@ class FinetuningArguments:
 
     @property
     def loss_name(self) -> str:
-        return "kto" if self.stage == "kto" else self.pref_loss
+        return "kto" if self.stage == "kto" else combined_name(self.pref_loss)
 
 
 @dataclass
@@ -439,28 +461,11 @@ def _validate(cfg: TrainConfig) -> None:
     if not model.model_name_or_path:
         raise ConfigError("model_name_or_path is required")
     _validate_remote_code(model)
-    if ft.stage == "dpo":
-        if ft.pref_loss not in loss_names("dpo"):
-            try:
-                get_loss(ft.pref_loss)
-            except ValueError as err:
-                raise ConfigError(f"pref_loss: {err}") from None
-            raise ConfigError(f"pref_loss {ft.pref_loss!r} is not a paired loss; stage dpo takes {loss_names('dpo')}")
-    spec = get_loss(ft.loss_name)
+    spec = check_losses(ft, lora=ft.finetuning_type == "lora")  # pref_loss, its weights, hparams, modifiers
     if ft.pref_beta <= 0:
         raise ConfigError(f"pref_beta must be > 0, got {ft.pref_beta}")
     if ft.pref_ftx < 0:
         raise ConfigError(f"pref_ftx must be >= 0, got {ft.pref_ftx}")
-    if ft.simpo_gamma is not None and ft.loss_name != "simpo":
-        raise ConfigError(f"simpo_gamma is only used by pref_loss simpo, but pref_loss is {ft.loss_name!r}")
-    if ft.loss_name == "simpo" and ft.simpo_gamma is None:
-        ft.simpo_gamma = 0.5  # LLaMA-Factory's default
-    if not 0 <= ft.dpo_label_smoothing < 0.5:
-        raise ConfigError(f"dpo_label_smoothing must be in [0, 0.5), got {ft.dpo_label_smoothing}")
-    if ft.dpo_label_smoothing > 0 and ft.loss_name != "sigmoid":
-        raise ConfigError(
-            f"dpo_label_smoothing is only used by pref_loss sigmoid, but pref_loss is {ft.loss_name!r}"
-        )
     if model.ref_model and not spec.needs_reference:
         raise ConfigError(f"ref_model is set but pref_loss {ft.loss_name!r} is reference-free; remove ref_model")
     for key in ("kto_chosen_weight", "kto_rejected_weight"):
