@@ -42,8 +42,9 @@ TR_DPO_KEYS = ("ref_model_mixup_alpha", "ref_model_sync_steps")
 
 
 def loss_list(pref_loss: str | list) -> list[str]:
-    """pref_loss as a list of names: a string is one loss, a list a combined loss."""
-    names = [pref_loss] if isinstance(pref_loss, str) else list(pref_loss)
+    """pref_loss as a list of names: a list, or a string naming one loss or several joined by "+" (the form a
+    sweep's choice takes: `sigmoid+bco_pair+sft` is [sigmoid, bco_pair, sft])."""
+    names = [n.strip() for n in pref_loss.split(COMBINE)] if isinstance(pref_loss, str) else list(pref_loss)
     bad = [n for n in names if not isinstance(n, str)]
     if bad or not names:
         raise ConfigError(f"pref_loss: expected a loss name or a list of names, got {pref_loss!r}")
@@ -70,7 +71,7 @@ def check_losses(ft, *, lora: bool) -> LossSpec:
     """Validate pref_loss (a name or a list), its weights, hyperparameters and modifiers; fill the defaults
     that depend on the loss (simpo_gamma, exo_pair's label smoothing). Returns the loss's spec."""
     names = loss_list(ft.pref_loss)
-    if ft.stage == "kto" and not isinstance(ft.pref_loss, str):
+    if ft.stage == "kto" and len(names) > 1:
         raise ConfigError("pref_loss: stage kto trains unpaired KTO; a list of losses needs stage dpo")
     if ft.stage == "dpo":
         for name in names:
@@ -98,9 +99,16 @@ def _check_weights(ft, names: list[str]) -> None:
     if len(weights) != len(names):
         raise ConfigError(f"pref_loss_weights has {len(weights)} weights but pref_loss names {len(names)} losses "
                           f"({', '.join(names)}); give one weight per loss")
-    for w in weights:
-        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+    numbers = []
+    for w in weights:  # "0.8,0.2,1.0" (a sweep's constant) arrives as strings
+        try:
+            number = float(w) if not isinstance(w, bool) else math.nan
+        except (TypeError, ValueError):
+            number = math.nan
+        if not math.isfinite(number) or number < 0:
             raise ConfigError(f"pref_loss_weights: each weight must be a finite number >= 0, got {w!r}")
+        numbers.append(number)
+    ft.pref_loss_weights = numbers
 
 
 def _check_hparam_values(ft, spec: LossSpec) -> None:
