@@ -75,7 +75,11 @@ def check_losses(ft, *, lora: bool) -> LossSpec:
         raise ConfigError("pref_loss: stage kto trains unpaired KTO; a list of losses needs stage dpo")
     if ft.stage == "dpo":
         for name in names:
-            if get_loss(name).stage != "dpo":  # get_loss raises with did-you-mean for unknown names
+            try:
+                stage = get_loss(name).stage  # unknown names: did-you-mean
+            except ConfigError as err:
+                raise ConfigError(f"pref_loss: {err}") from None
+            if stage != "dpo":
                 raise ConfigError(f"pref_loss {name!r} is not a paired loss; stage dpo takes {loss_names('dpo')}")
     try:
         spec = get_loss(ft.loss_name)
