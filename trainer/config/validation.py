@@ -21,7 +21,7 @@ from trainer.config.schema import (
     TrainConfig,
 )
 from trainer.errors import ConfigError
-from trainer.losses import get_loss, loss_names
+from trainer.losses.config_checks import check_losses
 
 
 def validate(cfg: TrainConfig) -> None:
@@ -38,28 +38,11 @@ def validate(cfg: TrainConfig) -> None:
     if not model.model_name_or_path:
         raise ConfigError("model_name_or_path is required")
     _validate_remote_code(model)
-    if ft.stage == "dpo":
-        if ft.pref_loss not in loss_names("dpo"):
-            try:
-                get_loss(ft.pref_loss)
-            except ValueError as err:
-                raise ConfigError(f"pref_loss: {err}") from None
-            raise ConfigError(f"pref_loss {ft.pref_loss!r} is not a paired loss; stage dpo takes {loss_names('dpo')}")
-    spec = get_loss(ft.loss_name)
+    spec = check_losses(ft, lora=ft.finetuning_type == "lora")  # pref_loss, its weights, hparams, modifiers
     if ft.pref_beta <= 0:
         raise ConfigError(f"pref_beta must be > 0, got {ft.pref_beta}")
     if ft.pref_ftx < 0:
         raise ConfigError(f"pref_ftx must be >= 0, got {ft.pref_ftx}")
-    if ft.simpo_gamma is not None and ft.loss_name != "simpo":
-        raise ConfigError(f"simpo_gamma is only used by pref_loss simpo, but pref_loss is {ft.loss_name!r}")
-    if ft.loss_name == "simpo" and ft.simpo_gamma is None:
-        ft.simpo_gamma = 0.5  # LLaMA-Factory's default
-    if not 0 <= ft.dpo_label_smoothing < 0.5:
-        raise ConfigError(f"dpo_label_smoothing must be in [0, 0.5), got {ft.dpo_label_smoothing}")
-    if ft.dpo_label_smoothing > 0 and ft.loss_name != "sigmoid":
-        raise ConfigError(
-            f"dpo_label_smoothing is only used by pref_loss sigmoid, but pref_loss is {ft.loss_name!r}"
-        )
     if model.ref_model and not spec.needs_reference:
         raise ConfigError(f"ref_model is set but pref_loss {ft.loss_name!r} is reference-free; remove ref_model")
     for key in ("kto_chosen_weight", "kto_rejected_weight"):
