@@ -137,3 +137,21 @@ def test_a_dataset_with_images_is_refused_in_one_line(tmp_path):
                                           r"text only") as err:
         get_dataset_attr("mm", str(tmp_path))
     assert "\n" not in str(err.value)
+
+
+def test_generation_markers_set_the_response_start(tok):
+    """With `{% generation %}` the marked span decides, even where the generation prompt would not fit."""
+    tok.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'assistant' %}<|im_start|>assistant\n{% generation %}"
+        "{{ m['content'] }}<|im_end|>{% endgeneration %}{{ '\\n' }}{% else %}<|im_start|>{{ m['role'] }}\n"
+        "{{ m['content'] }}<|im_end|>\n{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>bot\n{% endif %}"
+    )
+    template = get_template_and_fix_tokenizer(tok, None)
+    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"},
+                {"role": "user", "content": "Capital?"}, {"role": "assistant", "content": "Paris."}]
+    prompt, response = template.encode_oneturn(tok, messages)
+    assert tok.decode(prompt) == (
+        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nYo<|im_end|>\n<|im_start|>user\nCapital?<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+    assert tok.decode(response) == "Paris.<|im_end|>\n"  # the marked span and what follows it
