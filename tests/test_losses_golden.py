@@ -203,3 +203,18 @@ def test_log_sum_sq_and_per_token_from_both_logps_paths(lean):
     assert_close(out.log_sum_sq, expected)
     assert_close(out.per_token.sum(-1), out.sum)
     assert (out.per_token[~mask] == 0).all() and (out.per_token[mask] < 0).all()
+
+
+def test_train_help_lists_every_loss_and_modifier(capsys):
+    """`prefsweep train --help` is generated from the registry: one line per loss, one per modifier."""
+    from rayjobs.train import main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    lines = capsys.readouterr().out.splitlines()
+    for name in LOSSES:
+        assert any(line.split()[:1] == [name] for line in lines), name
+    from trainer.losses import MODIFIERS
+
+    for key in MODIFIERS:
+        assert any(line.split()[:1] == [key] for line in lines), key
