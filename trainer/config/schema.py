@@ -45,7 +45,7 @@ class DataArguments:
     dataset_dir: str = "data"
     """Folder holding `dataset_info.json` and the data files."""
     template: str | None = None
-    """Named chat template (default, empty, chatml, llama3, qwen); unset: the tokenizer's own chat_template."""
+    """LLaMA-Factory template name (qwen3_nothink, llama3, gemma3 ...); unset: the tokenizer's chat_template."""
     cutoff_len: int = 2048
     """Maximum tokens per sequence (prompt + response), split between them as LLaMA-Factory does."""
     max_samples: int | None = None
@@ -58,6 +58,14 @@ class DataArguments:
     """Processes used to tokenize."""
     strict_data: bool = False
     """Raise on the first bad row (naming file and row) instead of skipping bad rows with a count."""
+    enable_thinking: bool | None = True
+    """Reasoning templates: true trains the (empty) thought block, false/null keeps it in the prompt."""
+    preserve_thinking: bool = False
+    """Reasoning templates: keep the thought blocks of earlier assistant turns (dropped by default)."""
+    default_system: str | None = None
+    """Replaces the template's default system prompt."""
+    tokenized_path: str | None = None
+    """Folder of the tokenized dataset: saved there when absent, loaded from it when present."""
 
 
 @dataclass

@@ -6,7 +6,6 @@ Every check runs at parse time, before a model or dataset loads, and raises one 
 from __future__ import annotations
 
 import base64
-import difflib
 import json
 import re
 from pathlib import Path
@@ -74,12 +73,12 @@ def validate(cfg: TrainConfig) -> None:
     for name in as_list(data.dataset) + as_list(data.eval_dataset):
         get_dataset_attr(name, data.dataset_dir)
     if data.template is not None:
-        from trainer.data.templates import TEMPLATES
+        from trainer.data.templates import TEMPLATES, unknown_template_error
 
         if data.template not in TEMPLATES:
-            near = difflib.get_close_matches(data.template, list(TEMPLATES), n=1)
-            hint = f"; did you mean {near[0]!r}?" if near else ""
-            raise ConfigError(f"template {data.template!r} is unknown{hint}; known: {sorted(TEMPLATES)}")
+            raise unknown_template_error(data.template)
+    if data.tokenized_path is not None and Path(data.tokenized_path).is_file():
+        raise ConfigError(f"tokenized_path {data.tokenized_path!r} is a file; it names a folder (saved or to save)")
     eval_strategy = str(training.get("eval_strategy", "no"))
     if eval_strategy not in ("no", "IntervalStrategy.NO") and not data.eval_dataset and not data.val_size:
         raise ConfigError(f"eval_strategy is {eval_strategy!r} but there is no eval_dataset and val_size is 0")
