@@ -32,6 +32,7 @@ from typing import Any
 
 from trainer.config import TrainConfig, load_config, with_overrides
 from trainer.errors import ConfigError
+from trainer.losses import loss_help
 
 REPORT_POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 REPORT_POLL_S = "0.25"
@@ -266,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="prefsweep train",
         description="Train one preference run from a LLaMA-Factory-style YAML, through Ray Train "
         "(use_ray=false: in this process). Starts a local Ray unless RAY_ADDRESS is set.",
+        epilog=loss_help(), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("config", help="training config YAML")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",

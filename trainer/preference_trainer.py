@@ -201,9 +201,6 @@ class PreferenceTrainer(Trainer):
         batch = (inputs[f"{prefix}input_ids"], inputs[f"{prefix}attention_mask"], inputs[f"{prefix}labels"])
         return self._reference_logps(model, *batch)
 
-    def _reduced(self, logps: SequenceLogps) -> Tensor:
-        return logps.mean if self.loss.averages_logps else logps.sum
-
     # ---- losses ---------------------------------------------------------------------------------
 
     def paired_loss(self, model: nn.Module, inputs: dict[str, Tensor]) -> tuple[Tensor, dict[str, Metric]]:
