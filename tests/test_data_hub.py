@@ -173,3 +173,31 @@ def test_bad_hub_entries_are_one_line(tmp_path, hf_home, entry, fragments):
     message = one_line_error(config(tmp_path, root, "d"))
     for fragment in fragments:
         assert fragment in message
+
+
+def test_hub_model_and_trl_hub_dataset_train_offline(tiny_model, tmp_path, hf_home):
+    """A warm cache, HF_HUB_OFFLINE=1, no dataset_info.json: the first loss is log 2 (policy == reference)
+    and the loss falls over 4 steps  of one repeated batch."""
+    import math
+    import shutil
+
+    from trainer.workflow import run_training
+
+    repo = hf_home / "hub" / "models--org--tiny"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(SHA)
+    shutil.copytree(tiny_model, repo / "snapshots" / SHA)
+    rows = [{"chosen": [{"role": "user", "content": f"Q{i}"}, {"role": "assistant", "content": f"yes {i}"}],
+             "rejected": [{"role": "user", "content": f"Q{i}"}, {"role": "assistant", "content": f"no {i}"}]}
+            for i in range(4)]
+    cached_repo(hf_home, "org/convo-prefs", {"data/train-00000-of-00001.parquet": rows})
+    cfg = load_config({
+        "model_name_or_path": "org/tiny", "stage": "dpo", "do_train": True, "finetuning_type": "full", "dataset": "org/convo-prefs",
+        "dataset_dir": str(tmp_path / "none"), "template": "default", "cutoff_len": 64,
+        "output_dir": str(tmp_path / "out"), "per_device_train_batch_size": 4, "learning_rate": 5e-3,
+        "lr_scheduler_type": "constant", "max_steps": 4, "logging_steps": 1, "save_strategy": "no",
+        "report_to": "none", "use_ray": False, "disable_tqdm": True, "seed": 0,
+    })
+    losses = [e["loss"] for e in run_training(cfg).log_history if "loss" in e]
+    assert losses[0] == pytest.approx(math.log(2), abs=1e-4)
+    assert len(losses) == 4 and losses[-1] < losses[0]

@@ -147,3 +147,22 @@ def test_config_takes_a_trl_path_relative_to_the_working_dir(tmp_path, monkeypat
     monkeypatch.chdir(root)
     cfg = load_config({"model_name_or_path": "m", "dataset": "prefs.jsonl", "output_dir": str(tmp_path / "o")})
     assert cfg.data.dataset == "prefs.jsonl" and cfg.data.dataset_dir == "data"  # data/ does not exist
+
+
+def test_trl_kto_file_trains_without_dataset_info(tiny_model, tmp_path):
+    """First KTO loss at policy == reference is 0.5 (DESIGN.md), then it falls."""
+    from trainer.workflow import run_training
+
+    rows = [{"prompt": [user(p)], "completion": [assistant(f"Answer {i}.")], "label": i % 2 == 0}
+            for i, p in enumerate(PROMPTS)]
+    root = write_trl(tmp_path, "kto.jsonl", rows)
+    cfg = load_config({
+        "model_name_or_path": str(tiny_model), "stage": "kto", "do_train": True, "finetuning_type": "full",
+        "dataset": str(root / "kto.jsonl"), "template": "default", "cutoff_len": 64,
+        "output_dir": str(tmp_path / "out"), "per_device_train_batch_size": 6, "learning_rate": 5e-3,
+        "lr_scheduler_type": "constant", "max_steps": 4, "logging_steps": 1, "save_strategy": "no",
+        "report_to": "none", "use_ray": False, "disable_tqdm": True, "seed": 0,
+    })
+    losses = [e["loss"] for e in run_training(cfg).log_history if "loss" in e]
+    assert losses[0] == pytest.approx(0.5, abs=1e-4)
+    assert len(losses) == 4 and losses[-1] < losses[0]
