@@ -113,6 +113,13 @@ def _strings(node: object) -> Iterator[str]:
             yield from _strings(value)
 
 
+def template_special_tokens() -> list[str]:
+    """The special tokens every chat template names (stop words, markup), in a fixed order."""
+    from trainer.data.templates import TEMPLATES
+
+    return list(dict.fromkeys(t for entry in TEMPLATES.values() for t in entry.special_tokens))
+
+
 def train_tokenizer(texts: list[str], *, vocab_size: int, model_max_length: int) -> PreTrainedTokenizerFast:
     """Byte-level BPE trained on `texts`, padded with `<|reserved_N|>` to exactly `vocab_size` tokens."""
     min_size = len(SPECIAL_TOKENS) + N_BYTES
@@ -125,14 +132,24 @@ def train_tokenizer(texts: list[str], *, vocab_size: int, model_max_length: int)
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    # Every template's markup and stop words become special tokens too (after the BPE merges, so the ids of
+    # ordinary text stay what they were): any template then runs without LF adding tokens to the vocab.
+    # (A vocabulary too small for them all, below ~340, keeps only the base special tokens.)
+    extra = [t for t in template_special_tokens() if t not in SPECIAL_TOKENS]
+    if vocab_size < min_size + len(extra):
+        extra = []
     bpe = trainers.BpeTrainer(
-        vocab_size=vocab_size,
+        vocab_size=vocab_size - len(extra),
         special_tokens=list(SPECIAL_TOKENS),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tokenizer.train_from_iterator(texts, trainer=bpe)
 
+    # a bare word (chatglm3's `sop`) must not match inside other words
+    tokenizer.add_special_tokens(
+        [AddedToken(t, special=True, normalized=False, single_word=t.isalnum()) for t in extra]
+    )
     n_missing = vocab_size - tokenizer.get_vocab_size()
     if n_missing > 0:
         tokenizer.add_tokens(
@@ -144,7 +161,7 @@ def train_tokenizer(texts: list[str], *, vocab_size: int, model_max_length: int)
         bos_token=BOS_TOKEN,
         eos_token=EOS_TOKEN,
         pad_token=PAD_TOKEN,
-        additional_special_tokens=[t for t in SPECIAL_TOKENS if t not in (BOS_TOKEN, EOS_TOKEN, PAD_TOKEN)],
+        additional_special_tokens=[t for t in SPECIAL_TOKENS if t not in (BOS_TOKEN, EOS_TOKEN, PAD_TOKEN)] + extra,
         chat_template=CHAT_TEMPLATE,
         model_max_length=model_max_length,
         clean_up_tokenization_spaces=False,  # decode must give back the exact text

@@ -25,14 +25,14 @@ from trainer.data.conversion import EMPTY_AFTER_TRUNCATION
 from trainer.data.encoding import MAP_BATCH_SIZE, FeedbackEncoder, PairwiseEncoder
 from trainer.data.reading import data_files
 from trainer.data.sources import Source, load_source
-from trainer.data.templates import get_template_and_fix_tokenizer
+from trainer.data.templates import get_template_and_fix_tokenizer, template_options
 from trainer.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
 STAGES = ("dpo", "kto")
-_CODE_FILES = ("conversion.py", "encoding.py", "reading.py", "sources.py", "templates.py", "pipeline.py",
-               "trl_format.py", "hub_datasets.py")
+_CODE_FILES = ("conversion.py", "encoding.py", "reading.py", "sources.py", "pipeline.py", "trl_format.py",
+               "hub_datasets.py")
 
 
 def dataset_names(value: str | list[str] | None) -> list[str]:
@@ -59,7 +59,8 @@ def _file_digest(paths: list[Path]) -> str:
 
 def _code_digest() -> str:
     here = Path(__file__).parent
-    return _sha256(*[(here / name).read_text(encoding="utf-8") for name in _CODE_FILES])
+    files = [here / name for name in _CODE_FILES] + sorted((here / "templates").glob("*.py"))
+    return _sha256(*[path.read_text(encoding="utf-8") for path in files])
 
 
 def _tokenizer_digest(tokenizer: Any) -> str:
@@ -188,7 +189,7 @@ def build(
         raise ConfigError("val_size and eval_dataset are both set; use one way to get evaluation data")
     if do_train and not train_names:
         raise ConfigError("dataset is required to train (a name from dataset_dir/dataset_info.json)")
-    template = get_template_and_fix_tokenizer(tokenizer, data_args.template)
+    template = get_template_and_fix_tokenizer(tokenizer, data_args.template, **template_options(data_args))
     cache = (
         Path(cache_dir) if cache_dir is not None else Path(datasets.config.HF_DATASETS_CACHE) / "prefsweep"
     )
