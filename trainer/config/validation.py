@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from trainer.config.schema import (
 )
 from trainer.errors import ConfigError
 from trainer.losses.config_checks import check_losses
+from trainer.model_source import PINNED_REVISION
 
 
 def validate(cfg: TrainConfig) -> None:
@@ -93,7 +93,6 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"invalid training arguments: {' '.join(str(err).split())}") from None  # one line
 
 
-PINNED_REVISION = re.compile(r"[0-9a-fA-F]{40}")
 
 
 def _validate_remote_code(model: ModelArguments) -> None:
@@ -103,6 +102,16 @@ def _validate_remote_code(model: ModelArguments) -> None:
     cannot. Local directories are held to the same rule: the sha records which reviewed commit they hold.
     """
     if model.trust_remote_code and not PINNED_REVISION.fullmatch(model.model_revision):
+        from trainer.model_source import check_remote_code, resolve_model
+
+        try:  # a model that ships no code (no auto_map) loads natively: one warning, no refusal
+            folder = resolve_model(model.model_name_or_path, revision=model.model_revision,
+                                   cache_dir=model.cache_dir)
+        except ConfigError:
+            folder = None  # not readable here: whether it ships code cannot be checked
+        if folder is not None:
+            check_remote_code(folder, model.model_revision, key="model_name_or_path", name=model.model_name_or_path)
+            return
         raise ConfigError(
             f"trust_remote_code is true but model_revision is {model.model_revision!r}, not a pinned commit: "
             f"remote code runs with your privileges, so add `model_revision: <the full 40-character commit "

@@ -31,7 +31,8 @@ from trainer.errors import ConfigError, DataError
 logger = logging.getLogger(__name__)
 
 STAGES = ("dpo", "kto")
-_CODE_FILES = ("conversion.py", "encoding.py", "reading.py", "sources.py", "pipeline.py")
+_CODE_FILES = ("conversion.py", "encoding.py", "reading.py", "sources.py", "pipeline.py", "trl_format.py",
+               "hub_datasets.py")
 
 
 def dataset_names(value: str | list[str] | None) -> list[str]:
@@ -79,9 +80,11 @@ def tokenizer_digest(tokenizer: Any) -> str:
 
 def _source_key(source: Source, max_samples: int | None, seed: int) -> str:
     attr = {k: (str(v) if k == "path" else v) for k, v in vars(source.attr).items()}
+    # a hub snapshot's folder name is its commit sha: the data's identity; local files are hashed
+    files = source.attr.path.name if source.attr.hub_url else _file_digest(data_files(source.attr.path))
     return _sha256(
         attr,
-        _file_digest(data_files(source.attr.path)),
+        files,
         max_samples,
         seed if source.attr.num_samples else None,
     )
