@@ -24,7 +24,7 @@ test: setup lint
 	$(PY) -m pytest -q --timeout=900
 
 $(TINY_MODEL)/config.json: | $(STAMP)
-	$(VENV)/bin/prefsweep make-tiny-model $(TINY_MODEL) --data data/dpo_en_demo.json --vocab-size 1024 --seed 0
+	$(VENV)/bin/prefsweep make-tiny-model $(TINY_MODEL)  # data/dpo_en_demo.json, vocab 1024, seed 0
 
 tiny-model: $(TINY_MODEL)/config.json
 

@@ -2,6 +2,7 @@
 
     prefsweep train CONFIG.yaml [KEY=VALUE ...]     one run (Ray Train; use_ray=false: in-process)
     prefsweep sweep SWEEP.yaml [KEY=VALUE ...]      a Ray Tune sweep of Ray Train runs
+    prefsweep tokenize CONFIG.yaml [KEY=VALUE ...]  tokenize the data, save it, show what is trained on
     prefsweep make-tiny-model OUT --data FILE ...   the offline tiny model for tests and the demo
     prefsweep mlflow-sync OUTPUT_DIR ...            replay what an MLflow outage kept in a run's spool
 
@@ -16,6 +17,7 @@ import sys
 COMMANDS = {
     "train": ("rayjobs.train", "train one run from a config YAML"),
     "sweep": ("rayjobs.sweep", "run a sweep spec with Ray Tune"),
+    "tokenize": ("trainer.data.preview", "tokenize a config's data, save it, print examples with the mask marked"),
     "make-tiny-model": ("trainer.tiny_model", "build the offline tiny Llama model and tokenizer"),
     "mlflow-sync": ("rayjobs.tracking.sync", "send MLflow what runs could not send (their mlflow_spool.jsonl), once"),
 }

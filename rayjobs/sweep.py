@@ -258,6 +258,12 @@ def run(source: str | Path | dict, overrides: list[str] = (), *, worker_logs: bo
                               f"there); run the sweep without --resume")
     from rayjobs.train import prepare_config
 
+    if spec.tiny_model:
+        from trainer.tiny_model import ensure_tiny_model
+
+        if ensure_tiny_model(spec.tiny_model):  # e.g. in a `ray job submit` working dir: models/ is git-ignored
+            print(f"prefsweep: built the tiny model at {Path(spec.tiny_model).resolve()} "
+                  f"(`prefsweep make-tiny-model {spec.tiny_model}`: it was not in {Path.cwd()})", flush=True)
     base_cfg = prepare_config(spec.base)
 
     from ray import tune

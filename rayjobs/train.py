@@ -30,6 +30,8 @@ from typing import Any
 from rayjobs.train_loop import TrainLoop
 from trainer.config import TrainConfig, load_config, with_overrides
 from trainer.errors import ConfigError
+from trainer.losses import loss_help
+from trainer.model_source import check_models
 
 REPORT_POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 REPORT_POLL_S = "0.25"
@@ -69,13 +71,37 @@ def absolute_paths(cfg: TrainConfig, base: Path | None = None) -> dict[str, Any]
     deepspeed = cfg.training.get("deepspeed")
     if isinstance(deepspeed, str) and deepspeed:
         fixed["deepspeed"] = absolute(deepspeed)
+    for key in ("dataset", "eval_dataset"):  # TRL-format files named relative to the working dir
+        names = _local_dataset_names(getattr(cfg.data, key), Path(fixed["dataset_dir"]), base)
+        if names is not None:
+            fixed[key] = names
     return fixed
 
 
+def _local_dataset_names(value: str | None, dataset_dir: Path, base: Path) -> str | None:
+    """`value` with each name that is a path relative to `base` (and neither registered in dataset_dir's
+    dataset_info.json nor a path inside dataset_dir) made absolute; None when nothing changes."""
+    if not value:
+        return None
+    try:
+        registered = set(json.loads((dataset_dir / "dataset_info.json").read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError):
+        registered = set()
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    fixed = [
+        str(base / n) if n not in registered and not (dataset_dir / n).exists() and (base / n).exists() else n
+        for n in names
+    ]
+    return ",".join(fixed) if fixed != names else None
+
+
 def prepare_config(source: str | Path | dict, overrides: Sequence[str] | dict = ()) -> TrainConfig:
-    """Read, override and validate a config, with its local paths made absolute: the one parse of a run."""
+    """Read, override and validate a config, with its local paths made absolute and its models checked
+    readable here: the one parse of a run."""
     cfg = load_config(source, list(overrides) if not isinstance(overrides, dict) else overrides)
-    return with_overrides(cfg, absolute_paths(cfg))
+    cfg = with_overrides(cfg, absolute_paths(cfg))
+    check_models(cfg.model)  # a wrong path or an uncached hub id: one line here, before any worker starts
+    return cfg
 
 
 # ----------------------------------------------------------------------------------------- driver
@@ -243,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="prefsweep train",
         description="Train one preference run from a LLaMA-Factory-style YAML, through Ray Train "
         "(use_ray=false: in this process). Starts a local Ray unless RAY_ADDRESS is set.",
+        epilog=loss_help(), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("config", help="training config YAML")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",

@@ -77,6 +77,8 @@ SPEC_KEYS = {
     "storage_path": "where Ray Tune and Ray Train keep results (default ~/ray_results)",
     "log_model": "upload each trial's final model to MLflow (default false)",
     "reference_cache": "compute reference log-probs once before the trials (default true)",
+    "tiny_model": "a folder the driver fills with `prefsweep make-tiny-model`'s default tiny model when it is "
+    "missing (a `ray job submit --working-dir .` uploads no git-ignored folder such as models/)",
 }
 ASHA_KEYS = ("type", "time_attr", "grace_period", "reduction_factor", "max_t", "brackets")
 
@@ -211,6 +213,9 @@ def _build(raw: dict, path: str | None, config_overrides: dict) -> SweepSpec:
     num_samples = raw.get("num_samples", 1)
     if not isinstance(num_samples, int) or num_samples < 1:
         raise ConfigError(f"num_samples must be an integer >= 1, got {num_samples!r}")
+    tiny_model = raw.get("tiny_model")
+    if tiny_model is not None and (not isinstance(tiny_model, str) or not tiny_model.strip()):
+        raise ConfigError(f"tiny_model: expected a folder path, got {tiny_model!r}")
     concurrent = raw.get("max_concurrent_trials")
     if concurrent is not None and (not isinstance(concurrent, int) or concurrent < 1):
         raise ConfigError(f"max_concurrent_trials must be an integer >= 1 or null, got {concurrent!r}")
@@ -230,6 +235,7 @@ def _build(raw: dict, path: str | None, config_overrides: dict) -> SweepSpec:
         log_model=bool(raw.get("log_model", False)),
         reference_cache=bool(raw.get("reference_cache", True)),
         description=str(raw.get("description") or ""),
+        tiny_model=tiny_model,
         source={**raw, "base": raw["base"], "overrides": {**inline, **config_overrides}},
         path=path,
     )

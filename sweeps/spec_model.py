@@ -42,6 +42,8 @@ class SweepSpec:
     reference_cache: bool = True
     """Build the reference log-prob caches the trials read (trainer.ref_cache) before they start."""
     description: str = ""
+    tiny_model: str | None = None
+    """Build the offline tiny model here (where the driver runs) before the trials when it is missing."""
     source: dict = field(default_factory=dict)
     """The spec as written (plus overrides): what MLflow records on the parent run."""
     path: str | None = None

@@ -15,6 +15,7 @@ from typing import Any, Literal
 import yaml
 
 from trainer.config.coerce import as_list
+from trainer.losses.config_checks import combined_name
 
 SUPPORTED_STAGES = ("dpo", "kto")
 FINETUNING_TYPES = ("full", "lora", "freeze")
@@ -47,7 +48,7 @@ class DataArguments:
     dataset_dir: str = "data"
     """Folder holding `dataset_info.json` and the data files."""
     template: str | None = None
-    """Named chat template (default, empty, chatml, llama3, qwen); unset: the tokenizer's own chat_template."""
+    """LLaMA-Factory template name (qwen3_nothink, llama3, gemma3 ...); unset: the tokenizer's chat_template."""
     cutoff_len: int = 2048
     """Maximum tokens per sequence (prompt + response), split between them as LLaMA-Factory does."""
     max_samples: int | None = None
@@ -60,6 +61,14 @@ class DataArguments:
     """Processes used to tokenize."""
     strict_data: bool = False
     """Raise on the first bad row (naming file and row) instead of skipping bad rows with a count."""
+    enable_thinking: bool | None = True
+    """Reasoning templates: true trains the (empty) thought block, false/null keeps it in the prompt."""
+    preserve_thinking: bool = False
+    """Reasoning templates: keep the thought blocks of earlier assistant turns (dropped by default)."""
+    default_system: str | None = None
+    """Replaces the template's default system prompt."""
+    tokenized_path: str | None = None
+    """Folder of the tokenized dataset: saved there when absent, loaded from it when present."""
 
 
 @dataclass
@@ -82,12 +91,34 @@ class FinetuningArguments:
     """freeze: comma-separated module names inside the trainable layers, or `all`."""
     pref_beta: float = 0.1
     """beta of the preference loss (temperature of the implicit reward)."""
-    pref_loss: str = "sigmoid"
-    """Paired loss for stage dpo."""
+    pref_loss: str | list[str] = "sigmoid"
+    """Paired loss for stage dpo, or a list of them combined (e.g. [sigmoid, bco_pair, sft])."""
+    pref_loss_weights: list[float] | None = None
+    """Weight of each loss of a pref_loss list (TRL's loss_weights; default 1 each)."""
     pref_ftx: float = 0.0
     """Weight of the SFT term -avg log p(chosen) added to the preference loss."""
     simpo_gamma: float | None = None
     """SimPO target reward margin; only with pref_loss simpo (default 0.5)."""
+    gamma_beta_ratio: float | None = None
+    """SimPO's gamma / beta (the paper's parametrisation), instead of simpo_gamma."""
+    discopop_tau: float = 0.05
+    """DiscoPOP temperature tau; only with pref_loss discopop."""
+    cpo_alpha: float = 1.0
+    """Weight of CPO's NLL term; only with pref_loss cpo."""
+    f_divergence_type: str = "reverse_kl"
+    """f-DPO regulariser: reverse_kl, forward_kl, js_divergence or alpha_divergence."""
+    f_alpha_divergence_coef: float = 0.5
+    """alpha of f_divergence_type alpha_divergence."""
+    ld_alpha: float | None = None
+    """LD-DPO: weight in [0, 1] of the tokens beyond the shorter response of each pair."""
+    use_weighting: bool = False
+    """WPO: weight each pair by the policy's length-normalised probabilities of its responses."""
+    sync_ref_model: bool = False
+    """TR-DPO: mix the policy into the reference every ref_model_sync_steps steps (full/freeze only)."""
+    ref_model_mixup_alpha: float = 0.6
+    """TR-DPO: reference <- alpha * policy + (1 - alpha) * reference."""
+    ref_model_sync_steps: int = 512
+    """TR-DPO: optimizer steps between reference updates."""
     dpo_label_smoothing: float = 0.0
     """Conservative DPO label smoothing eps in [0, 0.5); only with pref_loss sigmoid."""
     kto_chosen_weight: float = 1.0
@@ -109,7 +140,7 @@ class FinetuningArguments:
 
     @property
     def loss_name(self) -> str:
-        return "kto" if self.stage == "kto" else self.pref_loss
+        return "kto" if self.stage == "kto" else combined_name(self.pref_loss)
 
 
 @dataclass

@@ -6,9 +6,7 @@ Every check runs at parse time, before a model or dataset loads, and raises one 
 from __future__ import annotations
 
 import base64
-import difflib
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +20,8 @@ from trainer.config.schema import (
     TrainConfig,
 )
 from trainer.errors import ConfigError
-from trainer.losses import get_loss, loss_names
+from trainer.losses.config_checks import check_losses
+from trainer.model_source import PINNED_REVISION
 
 
 def validate(cfg: TrainConfig) -> None:
@@ -39,28 +38,11 @@ def validate(cfg: TrainConfig) -> None:
     if not model.model_name_or_path:
         raise ConfigError("model_name_or_path is required")
     _validate_remote_code(model)
-    if ft.stage == "dpo":
-        if ft.pref_loss not in loss_names("dpo"):
-            try:
-                get_loss(ft.pref_loss)
-            except ValueError as err:
-                raise ConfigError(f"pref_loss: {err}") from None
-            raise ConfigError(f"pref_loss {ft.pref_loss!r} is not a paired loss; stage dpo takes {loss_names('dpo')}")
-    spec = get_loss(ft.loss_name)
+    spec = check_losses(ft, lora=ft.finetuning_type == "lora")  # pref_loss, its weights, hparams, modifiers
     if ft.pref_beta <= 0:
         raise ConfigError(f"pref_beta must be > 0, got {ft.pref_beta}")
     if ft.pref_ftx < 0:
         raise ConfigError(f"pref_ftx must be >= 0, got {ft.pref_ftx}")
-    if ft.simpo_gamma is not None and ft.loss_name != "simpo":
-        raise ConfigError(f"simpo_gamma is only used by pref_loss simpo, but pref_loss is {ft.loss_name!r}")
-    if ft.loss_name == "simpo" and ft.simpo_gamma is None:
-        ft.simpo_gamma = 0.5  # LLaMA-Factory's default
-    if not 0 <= ft.dpo_label_smoothing < 0.5:
-        raise ConfigError(f"dpo_label_smoothing must be in [0, 0.5), got {ft.dpo_label_smoothing}")
-    if ft.dpo_label_smoothing > 0 and ft.loss_name != "sigmoid":
-        raise ConfigError(
-            f"dpo_label_smoothing is only used by pref_loss sigmoid, but pref_loss is {ft.loss_name!r}"
-        )
     if model.ref_model and not spec.needs_reference:
         raise ConfigError(f"ref_model is set but pref_loss {ft.loss_name!r} is reference-free; remove ref_model")
     for key in ("kto_chosen_weight", "kto_rejected_weight"):
@@ -91,12 +73,12 @@ def validate(cfg: TrainConfig) -> None:
     for name in as_list(data.dataset) + as_list(data.eval_dataset):
         get_dataset_attr(name, data.dataset_dir)
     if data.template is not None:
-        from trainer.data.templates import TEMPLATES
+        from trainer.data.templates import TEMPLATES, unknown_template_error
 
         if data.template not in TEMPLATES:
-            near = difflib.get_close_matches(data.template, list(TEMPLATES), n=1)
-            hint = f"; did you mean {near[0]!r}?" if near else ""
-            raise ConfigError(f"template {data.template!r} is unknown{hint}; known: {sorted(TEMPLATES)}")
+            raise unknown_template_error(data.template)
+    if data.tokenized_path is not None and Path(data.tokenized_path).is_file():
+        raise ConfigError(f"tokenized_path {data.tokenized_path!r} is a file; it names a folder (saved or to save)")
     eval_strategy = str(training.get("eval_strategy", "no"))
     if eval_strategy not in ("no", "IntervalStrategy.NO") and not data.eval_dataset and not data.val_size:
         raise ConfigError(f"eval_strategy is {eval_strategy!r} but there is no eval_dataset and val_size is 0")
@@ -111,7 +93,6 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"invalid training arguments: {' '.join(str(err).split())}") from None  # one line
 
 
-PINNED_REVISION = re.compile(r"[0-9a-fA-F]{40}")
 
 
 def _validate_remote_code(model: ModelArguments) -> None:
@@ -121,6 +102,16 @@ def _validate_remote_code(model: ModelArguments) -> None:
     cannot. Local directories are held to the same rule: the sha records which reviewed commit they hold.
     """
     if model.trust_remote_code and not PINNED_REVISION.fullmatch(model.model_revision):
+        from trainer.model_source import check_remote_code, resolve_model
+
+        try:  # a model that ships no code (no auto_map) loads natively: one warning, no refusal
+            folder = resolve_model(model.model_name_or_path, revision=model.model_revision,
+                                   cache_dir=model.cache_dir)
+        except ConfigError:
+            folder = None  # not readable here: whether it ships code cannot be checked
+        if folder is not None:
+            check_remote_code(folder, model.model_revision, key="model_name_or_path", name=model.model_name_or_path)
+            return
         raise ConfigError(
             f"trust_remote_code is true but model_revision is {model.model_revision!r}, not a pinned commit: "
             f"remote code runs with your privileges, so add `model_revision: <the full 40-character commit "
