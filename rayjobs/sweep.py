@@ -272,7 +272,10 @@ def run(source: str | Path | dict, overrides: list[str] = (), *, worker_logs: bo
     from rayjobs.tracking import parent_run as sweep_parent_run
     from rayjobs.tracking import store as mlflow_store
 
-    how = ensure_ray(log_to_driver=worker_logs)
+    if base_cfg.ray.run_name:
+        raise ConfigError("ray_run_name / ray.run_name names the Ray Train run of `prefsweep train`; a sweep names "
+                          "each trial's run after the trial: remove it")
+    how = ensure_ray(log_to_driver=worker_logs, init_kwargs=base_cfg.ray.init_kwargs)
     per_trial = per_trial_resources(base_cfg)
     concurrency = spec.max_concurrent_trials or default_concurrency(cluster_resources(), per_trial)
     storage = storage_root(spec)

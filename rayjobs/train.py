@@ -121,7 +121,8 @@ def scaling_config(cfg: TrainConfig):
     resources = cfg.ray.resources_per_worker
     if resources is not None:
         resources = {k.upper() if k.lower() in ("cpu", "gpu") else k: float(v) for k, v in resources.items()}
-    return ScalingConfig(num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu, resources_per_worker=resources)
+    return ScalingConfig(num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu, resources_per_worker=resources,
+                         placement_strategy=cfg.ray.placement_strategy)
 
 
 def worker_config(cfg: TrainConfig, *, progress: bool) -> TrainConfig:
@@ -172,7 +173,9 @@ def make_torch_trainer(
     return TorchTrainer(
         train_fn_per_worker,
         train_loop_config={"loop": loop},
-        torch_config=TorchConfig(backend="nccl" if cfg.ray.use_gpu else "gloo"),
+        # Ray Train, not transformers, opens the process group: ddp_timeout (LF sets it) is its timeout
+        torch_config=TorchConfig(backend="nccl" if cfg.ray.use_gpu else "gloo",
+                                 timeout_s=int(cfg.training.get("ddp_timeout") or 1800)),
         scaling_config=scaling_config(cfg),
         run_config=RunConfig(
             name=name,
@@ -208,11 +211,11 @@ def run(source: str | Path | dict, overrides: Sequence[str] = (), *, log_model: 
         track: bool = True) -> dict[str, float]:
     """Train one run (through Ray Train unless `use_ray: false`); return its final metrics."""
     cfg = prepare_config(source, overrides)
-    run_name = cfg.output_dir.name
+    run_name = cfg.ray.run_name or cfg.output_dir.name
     if cfg.use_ray:
         from rayjobs.local_ray import ensure_ray
 
-        ensure_ray()  # before the MLflow tags, which record the Ray job id
+        ensure_ray(init_kwargs=cfg.ray.init_kwargs)  # before the MLflow tags, which record the Ray job id
     tracking = None
     if track:
         from rayjobs.tracking.store import try_ensure_experiment
@@ -231,6 +234,13 @@ def run(source: str | Path | dict, overrides: Sequence[str] = (), *, log_model: 
 
 def _run_in_process(cfg: TrainConfig, tracking: dict | None) -> dict[str, float]:
     from trainer.workflow import run_training
+
+    if cfg.training.get("bf16") and "use_cpu" not in cfg.given:
+        import torch
+
+        if not torch.cuda.is_available():  # transformers refuses bf16 without a GPU unless told it runs on CPU
+            print("prefsweep: no GPU here: bf16 trains on the CPU (use_cpu: true)", flush=True)
+            cfg = with_overrides(cfg, {"use_cpu": True})
 
     tracker = None
     if tracking is not None:
