@@ -78,6 +78,7 @@ SPEC_KEYS = {
     "storage_path": "where Ray Tune and Ray Train keep results (default ~/ray_results)",
     "log_model": "upload each trial's final model to MLflow (default false)",
     "reference_cache": "compute reference log-probs once before the trials (default true)",
+    "register_best": "log the best trial's model to MLflow and register it under the sweep's name (default false)",
 }
 ASHA_KEYS = ("type", "time_attr", "grace_period", "reduction_factor", "max_t", "brackets")
 
@@ -109,6 +110,8 @@ class SweepSpec:
     max_concurrent_trials: int | None = None
     storage_path: str | None = None
     log_model: bool = False
+    register_best: bool = False
+    """After the sweep: the best trial's weights as an MLflow logged model, registered as `name` (rayjobs.best_model)."""
     reference_cache: bool = True
     """Build the reference log-prob caches the trials read (trainer.ref_cache) before they start."""
     description: str = ""
@@ -279,6 +282,7 @@ def _build(raw: dict, path: str | None, config_overrides: dict) -> SweepSpec:
         storage_path=raw.get("storage_path"),
         log_model=bool(raw.get("log_model", False)),
         reference_cache=bool(raw.get("reference_cache", True)),
+        register_best=bool(raw.get("register_best", False)),
         description=str(raw.get("description") or ""),
         source={**raw, "base": raw["base"], "overrides": {**inline, **config_overrides}},
         path=path,

@@ -114,6 +114,12 @@ class FinetuningArguments:
     """Reference log-prob cache: auto reads one that exists for this run's key (a sweep builds it before its trials), always builds or reuses one before training, never runs the reference every step."""
     ref_cache_dir: str | None = None
     """Root of the reference log-prob cache (a filesystem path); default <ray.storage_path>/ref_cache, else ~/.cache/prefsweep/ref_cache."""
+    eval_generate: int = 0
+    """At the end of training, sample answers to the first N eval prompts from the policy and the reference (seeded, fixed settings; `trainer.generation`); 0: off."""
+    eval_generate_max_new_tokens: int = 48
+    """Most new tokens per generated answer."""
+    eval_reward_model: str | None = None
+    """Sequence-classification reward model (path or hub id) that scores the generations: eval_reward/mean, eval_reward/win_rate_vs_ref."""
 
     @property
     def loss_name(self) -> str:
@@ -502,6 +508,9 @@ def _validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"eval_strategy is {eval_strategy!r} but there is no eval_dataset and val_size is 0")
     if data.eval_dataset and data.val_size:
         raise ConfigError("val_size and eval_dataset are both set; use one way to get evaluation data")
+    from trainer.generation import validate_generation_keys
+
+    validate_generation_keys(cfg)
     _validate_ray(cfg.ray)
     _validate_training(training)
     _validate_output_dir(cfg)

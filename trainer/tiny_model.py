@@ -34,6 +34,10 @@ requested 32000). The rest is filled with regular added tokens `<|reserved_N|>`,
 CLI (called by the `prefsweep` dispatcher, argv without the subcommand name)::
 
     prefsweep make-tiny-model OUT --data FILE [--data FILE2] [--vocab-size N] [--seed S]
+        [--warmup DATASET [--warmup-dataset-dir DIR] [--warmup-skip N] [--warmup-steps N]]
+
+`--warmup` trains the random model briefly on a dataset's prompts and chosen answers
+(`trainer.tiny_warmup`), so a demo's DPO starts from log-probs that mean something.
 """
 
 from __future__ import annotations
@@ -216,8 +220,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--vocab-size", type=int, default=1024, help="tokenizer and embedding size (default 1024)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the random weights (default 0)")
+    from trainer import tiny_warmup
+
+    tiny_warmup.add_arguments(parser)
     args = parser.parse_args(argv)
     out = build_tiny_model(args.out, args.data, vocab_size=args.vocab_size, seed=args.seed)
+    tiny_warmup.run_from_args(out, args)
     print(out)
     return 0
 
