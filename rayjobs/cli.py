@@ -3,6 +3,7 @@
     prefsweep train CONFIG.yaml [KEY=VALUE ...]     one run (Ray Train; use_ray=false: in-process)
     prefsweep sweep SWEEP.yaml [KEY=VALUE ...]      a Ray Tune sweep of Ray Train runs
     prefsweep make-tiny-model OUT --data FILE ...   the offline tiny model for tests and the demo
+    prefsweep make-tiny-reward-model OUT --base DIR --data DATASET   its Bradley-Terry reward model
     prefsweep mlflow-sync OUTPUT_DIR ...            replay what an MLflow outage kept in a run's spool
 
 Each subcommand is its module's `main` (`python -m rayjobs.train`, `python -m rayjobs.sweep`,
@@ -17,6 +18,7 @@ COMMANDS = {
     "train": ("rayjobs.train", "train one run from a config YAML"),
     "sweep": ("rayjobs.sweep", "run a sweep spec with Ray Tune"),
     "make-tiny-model": ("trainer.tiny_model", "build the offline tiny Llama model and tokenizer"),
+    "make-tiny-reward-model": ("trainer.reward_model", "train the offline tiny Bradley-Terry reward model"),
     "mlflow-sync": ("rayjobs.mlflow_sync", "send MLflow what runs could not send (their mlflow_spool.jsonl), once"),
 }
 

@@ -24,8 +24,8 @@ from torch.nn import functional as F
 
 from trainer.errors import ConfigError
 
-DEFAULT_STEPS = 200
-DEFAULT_BATCH_PAIRS = 8
+DEFAULT_STEPS = 100
+DEFAULT_BATCH_PAIRS = 4
 DEFAULT_LR = 1e-3
 
 

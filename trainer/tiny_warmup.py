@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from trainer.logps import IGNORE_INDEX, sequence_logps
 
-DEFAULT_STEPS = 300
+DEFAULT_STEPS = 150
 DEFAULT_BATCH_SIZE = 8
 DEFAULT_LR = 3e-3
 
