@@ -37,7 +37,7 @@ from pathlib import Path
 
 from sweeps.spec import SweepSpec, load_sweep
 from sweeps.trials import trial_name, trial_overrides
-from trainer.config import apply_overrides, load_config
+from trainer.config import TrainConfig, apply_overrides, with_overrides
 from trainer.errors import ConfigError
 
 logger = logging.getLogger("prefsweep")
@@ -128,7 +128,12 @@ def previous_invocation(train_run_path: str) -> str | None:
     return _read_text(f"{train_run_path.rstrip('/')}/{latest}/{INVOCATION_FILE}")
 
 
-def trial_driver(config: dict, *, base: dict, storage: str, sweep_name: str, metric: str,
+def trial_changes(base: TrainConfig, sampled: dict, name: str) -> dict:
+    """What a trial changes in the sweep's parsed base: the sampled values, output in `<output_dir>/<name>`."""
+    return {**trial_overrides(sampled), "output_dir": str(base.output_dir / name)}
+
+
+def trial_driver(config: dict, *, base: TrainConfig, storage: str, sweep_name: str, metric: str,
                  tracking: dict | None, resume: bool = False) -> None:
     """One Tune trial: run the sampled config as a Ray Train job and forward its reports to Tune.
 
@@ -140,26 +145,22 @@ def trial_driver(config: dict, *, base: dict, storage: str, sweep_name: str, met
     from rayjobs.train import make_torch_trainer
 
     name = tune.get_context().get_trial_name()
-    raw = apply_overrides(base, trial_overrides(config))
-    raw["output_dir"] = str(Path(base["output_dir"]) / name)
-    if resume:  # what a killed run left in its output dir is its own: resumed below, or started over
-        raw["overwrite_output_dir"] = True
-    cfg = load_config(raw)
+    # resume: what a killed run left in its output dir is its own: resumed below, or started over
+    changes = trial_changes(base, config, name)
+    cfg = with_overrides(base, {**changes, "overwrite_output_dir": True} if resume else changes)
     trial_storage = f"{storage.rstrip('/')}/{sweep_name}/{name}"
+    invocation = previous_invocation(f"{trial_storage}/{TRAIN_RUN_NAME}") if resume else None
+    if invocation:
+        print(f"prefsweep: trial {name} resumes from its latest checkpoint", flush=True)
     trainer = make_torch_trainer(
-        raw,
         cfg,
         name=TRAIN_RUN_NAME,
         storage_path=trial_storage,
         tracking={**tracking, "run_name": name} if tracking else None,
         callbacks=[TuneReportCallback()],
         metric=metric,
+        invocation=invocation,
     )
-    if resume:
-        invocation = previous_invocation(f"{trial_storage}/{TRAIN_RUN_NAME}")
-        if invocation:
-            trainer.train_loop_config["invocation"] = invocation
-            print(f"prefsweep: trial {name} resumes from its latest checkpoint", flush=True)
     trainer.fit()
 
 
@@ -195,7 +196,7 @@ def default_concurrency(cluster: dict[str, float], per_trial: dict[str, float]) 
     return max(1, min(fits)) if fits else 1
 
 
-def build_reference_caches(spec: SweepSpec, base: dict, base_cfg) -> None:
+def build_reference_caches(spec: SweepSpec, base_cfg: TrainConfig) -> None:
     """Reference log-probs once per distinct cache key, before any trial starts.
 
     The reference model is frozen, so its log-probs are the same in every trial that shares the model,
@@ -210,7 +211,7 @@ def build_reference_caches(spec: SweepSpec, base: dict, base_cfg) -> None:
     from sweeps.spec_checks import corner_configs
     from trainer.ref_cache import ensure_reference_caches, reference_cache_identity
 
-    configs = [load_config(apply_overrides(base, chosen)) for chosen in corner_configs(spec)]
+    configs = [with_overrides(base_cfg, chosen) for chosen in corner_configs(spec)]
     configs = [cfg for cfg in configs if reference_cache_identity(cfg) is not None]
     if not configs:
         return
@@ -243,9 +244,15 @@ def run(source: str | Path | dict, overrides: list[str] = (), *, worker_logs: bo
         if not tune.Tuner.can_restore(exp_path):
             raise ConfigError(f"--resume: no sweep state to resume at {exp_path} (no Tune experiment state "
                               f"there); run the sweep without --resume")
-    from rayjobs.train import prepare_raw_config
+    from rayjobs.train import prepare_config
 
-    base, base_cfg = prepare_raw_config(spec.base)
+    if spec.tiny_model:
+        from trainer.tiny_model import ensure_tiny_model
+
+        if ensure_tiny_model(spec.tiny_model):  # e.g. in a `ray job submit` working dir: models/ is git-ignored
+            print(f"prefsweep: built the tiny model at {Path(spec.tiny_model).resolve()} "
+                  f"(`prefsweep make-tiny-model {spec.tiny_model}`: it was not in {Path.cwd()})", flush=True)
+    base_cfg = prepare_config(spec.base)
 
     from ray import tune
 
@@ -264,7 +271,7 @@ def run(source: str | Path | dict, overrides: list[str] = (), *, worker_logs: bo
     )
 
     if spec.reference_cache:
-        build_reference_caches(spec, base, base_cfg)
+        build_reference_caches(spec, base_cfg)
     experiment_id = mlflow_store.ensure_experiment()
     previous = read_parent_run(exp_path) if resume else None
     if previous is not None and previous.get("tracking_uri") == mlflow_store.tracking_uri():
@@ -289,26 +296,26 @@ def run(source: str | Path | dict, overrides: list[str] = (), *, worker_logs: bo
         run_name="", experiment_id=experiment_id, parent_run_id=parent_run_id, log_model=spec.log_model
     )
     trainable = tune.with_resources(
-        tune.with_parameters(trial_driver, base=base, storage=storage, sweep_name=spec.name, metric=spec.metric,
+        tune.with_parameters(trial_driver, base=base_cfg, storage=storage, sweep_name=spec.name, metric=spec.metric,
                              tracking=tracking, resume=resume),
         TRIAL_DRIVER_RESOURCES,
     )
     if resume:
         tuner = restore_tuner(exp_path, trainable)
     else:
-        tuner = new_tuner(spec, trainable, base, storage, concurrency)
+        tuner = new_tuner(spec, trainable, base_cfg, storage, concurrency)
     try:
         grid = tuner.fit()
-        summaries = trial_summaries(grid, spec, base)
+        summaries = trial_summaries(grid, spec, base_cfg)
     except BaseException:
         sweep_parent_run.finish_sweep_parent(parent_run_id, [], metric=spec.metric, mode=spec.mode, status="KILLED")
         raise
     board = sweep_parent_run.finish_sweep_parent(parent_run_id, summaries, metric=spec.metric, mode=spec.mode)
-    registered = register_best(spec, parent_run_id, Path(base["output_dir"])) if spec.register_best else None
+    registered = register_best(spec, parent_run_id, base_cfg.output_dir) if spec.register_best else None
     errors = [r for r in grid if r.error is not None]
     print(f"\nprefsweep: sweep {spec.name!r} finished: {len(summaries)} trials, {len(errors)} failed")
     print(board)
-    print(f"\nTrial output dirs: {Path(base['output_dir'])}/<trial>; Ray results: {storage}/{spec.name}")
+    print(f"\nTrial output dirs: {base_cfg.output_dir}/<trial>; Ray results: {storage}/{spec.name}")
     if registered is not None:
         print(f"Best trial registered in MLflow as model {spec.name!r} version {registered.version}")
     print(f"Compare the trials in MLflow: {mlflow_store.ui_command()}")
@@ -332,12 +339,12 @@ def register_best(spec: SweepSpec, parent_run_id: str, output_root: Path):
         return None
 
 
-def new_tuner(spec: SweepSpec, trainable, base: dict, storage: str, concurrency: int):
+def new_tuner(spec: SweepSpec, trainable, base: TrainConfig, storage: str, concurrency: int):
     from ray import tune
 
     from sweeps.tune_space import param_space, scheduler, search_algorithm
 
-    namer = trial_namer(base)
+    namer = trial_namer(base.given)
     return tune.Tuner(
         trainable,
         param_space=param_space(spec) if spec.search != "optuna" else None,
@@ -369,16 +376,16 @@ def restore_tuner(path: str, trainable):
     return tuner
 
 
-def trial_summaries(grid, spec: SweepSpec, base: dict) -> list:
+def trial_summaries(grid, spec: SweepSpec, base: TrainConfig) -> list:
     """One `TrialSummary` per Tune result: sampled values and final metric (curves come from MLflow)."""
     from rayjobs.leaderboard import TrialSummary
 
     summaries = []
     for result in grid:
         name = Path(result.path).name
-        raw = apply_overrides(base, trial_overrides(result.config or {}))
-        raw["output_dir"] = str(Path(base["output_dir"]) / name)
-        cfg = load_config({**raw, "overwrite_output_dir": True})  # read for its values; the run is over
+        changes = trial_changes(base, result.config or {}, name)
+        raw = apply_overrides(base.given, changes)
+        cfg = with_overrides(base, {**changes, "overwrite_output_dir": True})  # read for its values; the run is over
         final = (result.metrics or {}).get(spec.metric, math.nan)
         summaries.append(
             TrialSummary(

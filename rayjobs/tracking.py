@@ -26,7 +26,7 @@ from rayjobs.mlflow_params import dump_yaml, flatten_params, param_key
 from rayjobs.mlflow_store import ensure_experiment, experiment_name, find_child_run, with_retries
 from rayjobs.mlflow_tags import TAG_DATASET_FINGERPRINT, TAG_KIND, TAG_LOSS, TAG_TRIAL, run_context_tags
 
-RESOLVED_CONFIG_NAME = "resolved_config.yaml"  # same name trainer/config.py writes into output_dir
+RESOLVED_CONFIG_NAME = "resolved_config.yaml"  # same name trainer/config/schema.py names into output_dir
 RUN_FILES = ("trainer_state.json", "all_results.json", "train_results.json", "eval_results.json")
 # What `log_model: true` uploads from output_dir (top level only; checkpoints stay out).
 MODEL_FILE_PATTERNS = ("*.safetensors", "*.bin", "*.json", "*.model", "*.txt", "*.jinja", "*.tiktoken")

@@ -2,9 +2,9 @@
 
     driver (this process)                  Ray Train workers (N processes, DDP)
     ---------------------                  ------------------------------------
-    load + validate the config             train_fn_per_worker(loop_config)
-    make its paths absolute          --->    load_config(raw)            (same validated tree)
-    TorchTrainer(ScalingConfig, ...)         run_training(cfg, callbacks=[RayReportCallback,
+    load + validate the config once        train_fn_per_worker({"loop": TrainLoop})
+    make its paths absolute          --->    run_training(loop.config,   (the driver's TrainConfig)
+    TorchTrainer(ScalingConfig, ...)           callbacks=[RayReportCallback,
     .fit()                                                MLflow callback (rank 0 logs)])
 
 `use_ray: false` runs `trainer.workflow.run_training` in this process instead; both write the same
@@ -20,16 +20,20 @@ Hugging Face's Trainer inside each worker.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainer.config import TrainConfig, apply_overrides, load_config, read_yaml
+from trainer.config import TrainConfig, load_config, with_overrides
 from trainer.errors import ConfigError
+from trainer.losses import loss_help
+from trainer.model_source import check_models
 
 REPORT_POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 REPORT_POLL_S = "0.25"
@@ -72,26 +76,69 @@ def absolute_paths(cfg: TrainConfig, base: Path | None = None) -> dict[str, Any]
     deepspeed = cfg.training.get("deepspeed")
     if isinstance(deepspeed, str) and deepspeed:
         fixed["deepspeed"] = absolute(deepspeed)
+    for key in ("dataset", "eval_dataset"):  # TRL-format files named relative to the working dir
+        names = _local_dataset_names(getattr(cfg.data, key), Path(fixed["dataset_dir"]), base)
+        if names is not None:
+            fixed[key] = names
     return fixed
 
 
-def prepare_raw_config(source: str | Path | dict, overrides: Sequence[str] | dict = ()) -> tuple[dict, TrainConfig]:
-    """Read, override, validate and absolutize a config; return (raw flat dict for workers, config)."""
-    raw = read_yaml(source) if not isinstance(source, dict) else dict(source)
-    raw = apply_overrides(raw, list(overrides) if not isinstance(overrides, dict) else overrides)
-    cfg = load_config(raw)
-    raw = apply_overrides(raw, absolute_paths(cfg))
-    return raw, load_config(raw)
+def _local_dataset_names(value: str | None, dataset_dir: Path, base: Path) -> str | None:
+    """`value` with each name that is a path relative to `base` (and neither registered in dataset_dir's
+    dataset_info.json nor a path inside dataset_dir) made absolute; None when nothing changes."""
+    if not value:
+        return None
+    try:
+        registered = set(json.loads((dataset_dir / "dataset_info.json").read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError):
+        registered = set()
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    fixed = [
+        str(base / n) if n not in registered and not (dataset_dir / n).exists() and (base / n).exists() else n
+        for n in names
+    ]
+    return ",".join(fixed) if fixed != names else None
+
+
+def prepare_config(source: str | Path | dict, overrides: Sequence[str] | dict = ()) -> TrainConfig:
+    """Read, override and validate a config, with its local paths made absolute and its models checked
+    readable here: the one parse of a run."""
+    cfg = load_config(source, list(overrides) if not isinstance(overrides, dict) else overrides)
+    cfg = with_overrides(cfg, absolute_paths(cfg))
+    check_models(cfg.model)  # a wrong path or an uncached hub id: one line here, before any worker starts
+    return cfg
+
+
+@dataclass
+class TrainLoop:
+    """What each Ray Train worker is handed (`train_loop_config={"loop": TrainLoop}`): the parsed config
+    and how to run it. Pickled to the workers as it is; they never re-read or re-parse the YAML."""
+
+    config: TrainConfig
+    """The run's validated config, local paths absolute (see `prepare_config`)."""
+    invocation: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex)
+    """Id of this `fit()`: workers resume only from checkpoints it wrote (see `rayjobs.worker`)."""
+    progress: bool = False
+    """Rank 0 draws a Ray progress bar."""
+    name: str | None = None
+    """The progress bar's label (default: the output dir's name)."""
+    metric: str | None = None
+    """A sweep's metric, reported first at every step (see `rayjobs.worker.RayReportCallback`)."""
+    tracking: dict | None = None
+    """Keyword arguments of `rayjobs.tracking.MlflowLoggingCallback` but `config`, or None: no MLflow."""
+    callbacks: list = dataclasses.field(default_factory=list)
+    """Factories `f(world_rank) -> TrainerCallback | None` each worker adds (picklable; tests install
+    fault injection this way)."""
 
 
 # ----------------------------------------------------------------------------------------- driver
 
 
 def train_fn_per_worker(loop_config: dict) -> None:
-    """Ray Train's per-worker entry; see `rayjobs.worker.run_worker`."""
+    """Ray Train's per-worker entry (`loop_config["loop"]`: a `TrainLoop`); see `rayjobs.worker.run_worker`."""
     from rayjobs.worker import run_worker
 
-    run_worker(loop_config)
+    run_worker(loop_config["loop"])
 
 
 def scaling_config(cfg: TrainConfig):
@@ -104,19 +151,20 @@ def scaling_config(cfg: TrainConfig):
     return ScalingConfig(num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu, resources_per_worker=resources)
 
 
-def worker_config(raw: dict, cfg: TrainConfig, *, progress: bool) -> dict:
-    """The raw config as workers run it: on CPU workers `use_cpu` (Accelerate sees a CPU process group
-    as distributed only when told it runs on CPU); with a Ray progress bar, no Hugging Face tqdm."""
-    raw = dict(raw)
+def worker_config(cfg: TrainConfig, *, progress: bool) -> TrainConfig:
+    """The config as workers run it: on CPU workers `use_cpu` (Accelerate sees a CPU process group
+    as distributed only when told it runs on CPU); with a Ray progress bar, no Hugging Face tqdm.
+    Keys the user set are kept."""
+    defaults = {}
     if not cfg.ray.use_gpu:
-        raw.setdefault("use_cpu", True)
+        defaults["use_cpu"] = True
     if progress:
-        raw.setdefault("disable_tqdm", True)
-    return raw
+        defaults["disable_tqdm"] = True
+    defaults = {k: v for k, v in defaults.items() if k not in cfg.given}
+    return with_overrides(cfg, defaults) if defaults else cfg
 
 
 def make_torch_trainer(
-    raw: dict,
     cfg: TrainConfig,
     *,
     name: str,
@@ -125,12 +173,14 @@ def make_torch_trainer(
     callbacks: Sequence[Any] = (),
     progress: bool = False,
     metric: str | None = None,
+    invocation: str | None = None,
 ):
-    """A `TorchTrainer` whose workers run `run_training` on the (absolute-path) raw config.
+    """A `TorchTrainer` whose workers run `run_training` on `cfg` (from `prepare_config`: absolute paths).
 
     `tracking`: keyword arguments of `rayjobs.tracking.MlflowLoggingCallback` but `config` (plain
     values; the callback is built inside each worker and only rank 0 logs), or None. `metric`: a
     sweep's metric, reported first at every step (see `rayjobs.worker.RayReportCallback`).
+    `invocation`: the id of an earlier `fit()` whose checkpoints the workers may resume from.
     """
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -142,17 +192,13 @@ def make_torch_trainer(
     # Ray Train's print patch bypasses `sys.stdout`, so output that libraries capture by swapping
     # sys.stdout (dill disassembles functions that way when `datasets` fingerprints a map) leaks.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
-    loop_config = {
-        "config": worker_config(raw, cfg, progress=progress),
-        "invocation": uuid.uuid4().hex,
-        "progress": progress,
-        "name": name,
-        "metric": metric,
-        "tracking": tracking,
-    }
+    loop = TrainLoop(worker_config(cfg, progress=progress), progress=progress, name=name, metric=metric,
+                     tracking=tracking)
+    if invocation:
+        loop.invocation = invocation
     return TorchTrainer(
         train_fn_per_worker,
-        train_loop_config=loop_config,
+        train_loop_config={"loop": loop},
         torch_config=TorchConfig(backend="nccl" if cfg.ray.use_gpu else "gloo"),
         scaling_config=scaling_config(cfg),
         run_config=RunConfig(
@@ -187,7 +233,7 @@ def tracking_args(*, run_name: str, experiment_id: str | None, parent_run_id: st
 def run(source: str | Path | dict, overrides: Sequence[str] = (), *, log_model: bool = False,
         track: bool = True) -> dict[str, float]:
     """Train one run (through Ray Train unless `use_ray: false`); return its final metrics."""
-    raw, cfg = prepare_raw_config(source, overrides)
+    cfg = prepare_config(source, overrides)
     run_name = cfg.output_dir.name
     if cfg.use_ray:
         from rayjobs.local_ray import ensure_ray
@@ -202,7 +248,7 @@ def run(source: str | Path | dict, overrides: Sequence[str] = (), *, log_model: 
         metrics = _run_in_process(cfg, tracking)
     else:
         # tqdm_ray redraws its bar with every forwarded log line: only worth it on a terminal.
-        trainer = make_torch_trainer(raw, cfg, name=run_name, tracking=tracking, progress=sys.stdout.isatty())
+        trainer = make_torch_trainer(cfg, name=run_name, tracking=tracking, progress=sys.stdout.isatty())
         trainer.fit()
         metrics = _final_metrics(cfg.output_dir)
     _print_summary(cfg, metrics, tracked=track)
@@ -249,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="prefsweep train",
         description="Train one preference run from a LLaMA-Factory-style YAML, through Ray Train "
         "(use_ray=false: in this process). Starts a local Ray unless RAY_ADDRESS is set.",
+        epilog=loss_help(), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("config", help="training config YAML")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from transformers import TrainerCallback
 
-from trainer.config import apply_overrides, load_config
+from trainer.config import with_overrides
+
+if TYPE_CHECKING:
+    from rayjobs.train import TrainLoop
 
 INVOCATION_FILE = "prefsweep_invocation.txt"
 """Written into each checkpoint reported to Ray: which `fit()` made it (see `_resume_checkpoint`)."""
@@ -74,7 +77,7 @@ class RayReportCallback(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         import ray.train
 
-        from trainer.preference_trainer import last_complete_checkpoint
+        from trainer.checkpoints import last_complete_checkpoint
 
         metrics = self._report(state)
         # complete: PreferenceTrainer marks it after every rank wrote its files (on_save follows)
@@ -116,30 +119,6 @@ class RayProgressCallback(TrainerCallback):
             self.bar = None
 
 
-class FaultInjectionCallback(TrainerCallback):
-    """Test-only (`loop_config["fault"]`): records each finished step and SIGKILLs this worker once.
-
-    `kill_step`, `kill_rank`: the worker of that world rank kills its own process at the end of that
-    step, on the first attempt only (`marker`, a file, is created just before: a restarted worker
-    group finds it and runs on). `events`: a file rank 0 appends each finished step to, across attempts.
-    """
-
-    def __init__(self, rank: int, kill_step: int, kill_rank: int, marker: str, events: str):
-        self.rank, self.kill_step, self.kill_rank = rank, kill_step, kill_rank
-        self.marker, self.events = Path(marker), Path(events)
-
-    def on_step_end(self, args, state, control, **kwargs):
-        import os
-        import signal
-
-        if self.rank == 0:
-            with self.events.open("a") as handle:
-                handle.write(f"{state.global_step}\n")
-        if self.rank == self.kill_rank and state.global_step == self.kill_step and not self.marker.exists():
-            self.marker.write_text(str(os.getpid()))
-            os.kill(os.getpid(), signal.SIGKILL)
-
-
 # ----------------------------------------------------------------------------------------- worker
 
 
@@ -155,7 +134,7 @@ def _resume_checkpoint(invocation: str) -> str | None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         return None
-    from trainer.preference_trainer import checkpoint_is_complete
+    from trainer.checkpoints import checkpoint_is_complete
 
     path = Path(checkpoint.path)
     marker = path / INVOCATION_FILE
@@ -164,39 +143,34 @@ def _resume_checkpoint(invocation: str) -> str | None:
     return str(path)
 
 
-def run_worker(loop_config: dict) -> None:
-    """The same `run_training` as in-process, plus the Ray report callback and (rank 0) MLflow.
-
-    `loop_config`: `config` (raw flat config, absolute paths), `invocation` (id of this `fit()`),
-    `progress` (draw a Ray progress bar), `name`, `metric` (a sweep's metric, or None), `tracking`
-    (keyword arguments of `MlflowLoggingCallback` but `config`, or None), `fault` (tests only:
-    keyword arguments of `FaultInjectionCallback` but `rank`, or absent).
-    """
+def run_worker(loop: TrainLoop) -> None:
+    """The same `run_training` as in-process, plus the Ray report callback, (rank 0) MLflow and the
+    callbacks `loop.callbacks` installs. `loop.config` is the driver's parsed config, used as it is
+    (a worker-group restart of this `fit()` only adds its checkpoint to resume from)."""
     import ray.train
 
     from trainer.workflow import run_training
 
-    raw = dict(loop_config["config"])
-    resume = _resume_checkpoint(loop_config["invocation"])
+    cfg = loop.config
+    resume = _resume_checkpoint(loop.invocation)
     if resume is not None:
-        raw = apply_overrides(raw, {"resume_from_checkpoint": resume, "overwrite_output_dir": True})
-    cfg = load_config(raw)
+        cfg = with_overrides(cfg, {"resume_from_checkpoint": resume, "overwrite_output_dir": True})
     if cfg.training.get("deepspeed"):
         # ZeRO-3 builds the model under deepspeed.zero.Init, which sizes its partitions from
         # DeepSpeed's own comm layer: attach it to the process group Ray Train already set up.
         import deepspeed
 
         deepspeed.init_distributed(dist_backend="nccl" if cfg.ray.use_gpu else "gloo")
-    callbacks: list[TrainerCallback] = [RayReportCallback(loop_config["invocation"], loop_config.get("metric"))]
-    if loop_config.get("fault"):
-        callbacks.append(FaultInjectionCallback(ray.train.get_context().get_world_rank(), **loop_config["fault"]))
-    if loop_config.get("progress") and ray.train.get_context().get_world_rank() == 0:
-        callbacks.append(RayProgressCallback(loop_config.get("name") or cfg.output_dir.name))
+    rank = ray.train.get_context().get_world_rank()
+    callbacks: list[TrainerCallback] = [RayReportCallback(loop.invocation, loop.metric)]
+    callbacks += [callback for make in loop.callbacks if (callback := make(rank)) is not None]
+    if loop.progress and rank == 0:
+        callbacks.append(RayProgressCallback(loop.name or cfg.output_dir.name))
     tracker = None
-    if loop_config.get("tracking") is not None:
+    if loop.tracking is not None:
         from rayjobs.tracking import MlflowLoggingCallback
 
-        tracker = MlflowLoggingCallback(**loop_config["tracking"], config=cfg.to_flat_dict())
+        tracker = MlflowLoggingCallback(**loop.tracking, config=cfg.to_flat_dict())
         callbacks.append(tracker)
     result = None
     try:

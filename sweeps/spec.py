@@ -79,6 +79,8 @@ SPEC_KEYS = {
     "log_model": "upload each trial's final model to MLflow (default false)",
     "reference_cache": "compute reference log-probs once before the trials (default true)",
     "register_best": "log the best trial's model to MLflow and register it under the sweep's name (default false)",
+    "tiny_model": "a folder the driver fills with `prefsweep make-tiny-model`'s default tiny model when it is "
+    "missing (a `ray job submit --working-dir .` uploads no git-ignored folder such as models/)",
 }
 ASHA_KEYS = ("type", "time_attr", "grace_period", "reduction_factor", "max_t", "brackets")
 
@@ -115,6 +117,8 @@ class SweepSpec:
     reference_cache: bool = True
     """Build the reference log-prob caches the trials read (trainer.ref_cache) before they start."""
     description: str = ""
+    tiny_model: str | None = None
+    """Build the offline tiny model here (where the driver runs) before the trials when it is missing."""
     source: dict = field(default_factory=dict)
     """The spec as written (plus overrides): what MLflow records on the parent run."""
     path: str | None = None
@@ -264,6 +268,9 @@ def _build(raw: dict, path: str | None, config_overrides: dict) -> SweepSpec:
     num_samples = raw.get("num_samples", 1)
     if not isinstance(num_samples, int) or num_samples < 1:
         raise ConfigError(f"num_samples must be an integer >= 1, got {num_samples!r}")
+    tiny_model = raw.get("tiny_model")
+    if tiny_model is not None and (not isinstance(tiny_model, str) or not tiny_model.strip()):
+        raise ConfigError(f"tiny_model: expected a folder path, got {tiny_model!r}")
     concurrent = raw.get("max_concurrent_trials")
     if concurrent is not None and (not isinstance(concurrent, int) or concurrent < 1):
         raise ConfigError(f"max_concurrent_trials must be an integer >= 1 or null, got {concurrent!r}")
@@ -284,6 +291,7 @@ def _build(raw: dict, path: str | None, config_overrides: dict) -> SweepSpec:
         reference_cache=bool(raw.get("reference_cache", True)),
         register_best=bool(raw.get("register_best", False)),
         description=str(raw.get("description") or ""),
+        tiny_model=tiny_model,
         source={**raw, "base": raw["base"], "overrides": {**inline, **config_overrides}},
         path=path,
     )

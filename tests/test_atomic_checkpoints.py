@@ -17,9 +17,9 @@ import pytest
 
 from rayjobs import train
 from trainer import workflow
+from trainer.checkpoints import CHECKPOINT_COMPLETE, last_complete_checkpoint
 from trainer.config import load_config, resolve_resume
 from trainer.errors import ConfigError
-from trainer.preference_trainer import CHECKPOINT_COMPLETE, last_complete_checkpoint
 
 pytestmark = pytest.mark.slow
 

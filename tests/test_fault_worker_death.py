@@ -2,7 +2,7 @@
 restarts the worker group, which resumes from the last complete checkpoint Ray holds.
 
 Two CPU workers (gloo, per-device batch 2) run 6 steps with `save_steps: 3`; rank 1 kills its own
-process at the end of step 5 on the first attempt (`rayjobs.worker.FaultInjectionCallback`; a marker
+process at the end of step 5 on the first attempt (`tests/fault_injection.py`, installed through `TrainLoop.callbacks`; a marker
 file tells the attempts apart). The restarted group resumes from checkpoint-3: steps 4 and 5 run
 again (<= save_steps), and the optimizer (Adam moments), linear LR schedule, RNG and data position
 are restored: every step's loss and learning rate equal an uninterrupted run with the same seed (one
@@ -13,13 +13,15 @@ the final loss within 1e-4. HF's Trainer loads optimizer, scheduler and RNG with
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
 import pytest
 
 from rayjobs import train
-from trainer.preference_trainer import CHECKPOINT_COMPLETE
+from tests.fault_injection import FaultInjectionCallback
+from trainer.checkpoints import CHECKPOINT_COMPLETE
 
 REPO = Path(__file__).resolve().parents[1]
 SAVE_STEPS = 3
@@ -60,13 +62,14 @@ def run_killed(tiny, tmp_path: Path, **overrides) -> tuple[Path, list[int], obje
     out, faults = tmp_path / "killed", tmp_path / "faults"
     faults.mkdir()
     marker, events = faults / "killed.pid", faults / "steps.txt"
-    raw, cfg = train.prepare_raw_config(
+    cfg = train.prepare_config(
         config(tiny, out, per_device_train_batch_size=2, **overrides,
                ray={"num_workers": 2, "max_failures": 1, "storage_path": str(tmp_path / "ray_results")})
     )
-    trainer = train.make_torch_trainer(raw, cfg, name="worker-death")
-    trainer.train_loop_config["fault"] = {"kill_step": KILL_STEP, "kill_rank": 1,
-                                          "marker": str(marker), "events": str(events)}
+    trainer = train.make_torch_trainer(cfg, name="worker-death")
+    trainer.train_loop_config["loop"].callbacks.append(
+        functools.partial(FaultInjectionCallback, kill_step=KILL_STEP, kill_rank=1, marker=str(marker),
+                          events=str(events)))
     result = trainer.fit()
     assert marker.is_file(), "rank 1 was never killed"
     steps = [int(line) for line in events.read_text().split()]  # rank 0's finished steps, both attempts
@@ -109,7 +112,7 @@ def test_deepspeed_zero2_worker_killed_resumes_weights_only(local_ray, tiny, uni
     a `weights_only=True` load with DeepSpeed's classes allow-listed, and the resume still matches."""
     import torch
 
-    from trainer.preference_trainer import deepspeed_safe_globals
+    from trainer.checkpoints import deepspeed_safe_globals
 
     out, steps, result = run_killed(tiny, tmp_path, deepspeed=str(REPO / "configs" / "ds_z2.json"))
     check_resumed(out, steps, result, uninterrupted, "ZeRO-2")

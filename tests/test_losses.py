@@ -1,5 +1,6 @@
 """Tests for trainer.losses: hand-derived golden values, invariants, float64 gradient checks, and parity
-with TRL 1.16 (a test-only dependency) and, when its venv is present, LLaMA-Factory 0.9.5.
+with LLaMA-Factory 0.9.5 when its venv is present (parity with TRL 1.16: tests/test_losses_trl.py; golden
+values of the losses TRL added: tests/test_losses_golden.py).
 
 Golden inputs are chosen so that every sigmoid lands on a fraction: with beta = ln 3,
 s(ln 3) = 3/4, s(-ln 3) = 1/4, s(2 ln 3) = 9/10, s(-2 ln 3) = 1/10, s(3 ln 3) = 27/28.
@@ -9,10 +10,7 @@ import json
 import math
 import os
 import subprocess
-import types
-from collections import defaultdict
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -22,7 +20,8 @@ from trainer.losses import LOSSES, get_loss, kto_loss, loss_names, sft_loss
 
 LN2, LN3 = math.log(2), math.log(3)
 PAIRED = loss_names("dpo")
-HPARAMS = {"beta": 0.5, "label_smoothing": 0.1, "simpo_gamma": 0.3}
+HPARAMS = {"beta": 0.5, "label_smoothing": 0.1, "simpo_gamma": 0.3, "gamma_beta_ratio": None,
+           "f_divergence_type": "reverse_kl", "f_alpha_divergence_coef": 0.5, "discopop_tau": 0.05, "cpo_alpha": 1.0}
 
 
 def t(*xs):
@@ -30,9 +29,11 @@ def t(*xs):
 
 
 def call(name, pi_c, pi_r, ref_c, ref_r, **overrides):
-    """Call a paired loss with the hparams its spec declares (HPARAMS, then overrides)."""
+    """Call a paired loss with the hparams its spec declares (HPARAMS, then overrides) and the extra inputs
+    it takes (response lengths: overrides, else 1 token each)."""
     spec = get_loss(name)
     kwargs = {k: overrides.get(k, HPARAMS[k]) for k in spec.hparams}
+    kwargs.update({k: overrides.get(k, torch.ones_like(pi_c)) for k in spec.inputs})
     return spec.fn(pi_c, pi_r, ref_c, ref_r, **kwargs)
 
 
@@ -256,7 +257,9 @@ def test_get_loss_typo_names_nearest_and_all_valid():
 
 
 def test_loss_names_by_stage():
-    assert loss_names("dpo") == ["sigmoid", "hinge", "ipo", "kto_pair", "orpo", "simpo"]
+    assert loss_names("dpo")[:3] == ["sigmoid", "hinge", "ipo"]
+    assert loss_names("dpo")[-4:] == ["kto_pair", "orpo", "simpo", "cpo"]
+    assert len(loss_names("dpo")) == 15 + 4  # TRL 1.16's loss types + kto_pair, orpo, simpo, cpo
     assert loss_names("kto") == ["kto"]
     assert loss_names() == list(LOSSES)
     with pytest.raises(ValueError, match="dpo, kto"):
@@ -265,8 +268,9 @@ def test_loss_names_by_stage():
 
 def test_registry_facts():
     facts = {n: (s.needs_reference, s.averages_logps) for n, s in LOSSES.items()}
-    assert {n for n, (ref, _) in facts.items() if not ref} == {"orpo", "simpo"}
-    assert {n for n, (_, avg) in facts.items() if avg} == {"ipo", "orpo", "simpo"}
+    assert {n for n, (ref, _) in facts.items() if not ref} == {"orpo", "simpo", "sft", "cpo"}
+    assert {n for n, (_, avg) in facts.items() if avg} == {"orpo", "simpo"}
+    assert {n for n, s in LOSSES.items() if s.inputs == ("chosen_lengths", "rejected_lengths")} == {"ipo", "sigmoid_norm"}
     assert all(s.name == n and s.doc and s.fn.__doc__ for n, s in LOSSES.items())
 
 
@@ -300,145 +304,6 @@ def test_gradcheck_kto():
 
 def test_gradcheck_sft_loss():
     assert torch.autograd.gradcheck(sft_loss, (random_logps(3, 14, avg=True).requires_grad_(),))
-
-
-# ---------------------------------------------------------------- parity with TRL 1.16
-
-
-def _trl_dpo(loss_type, pi_c, pi_r, ref_c, ref_r, beta, lengths):
-    """Run TRL 1.16's DPOTrainer._compute_loss (the DPO losses are inlined there; there is no standalone
-    loss function) on a stand-in trainer and model. Row i of the 2B-row batch [chosen; rejected] is a prompt
-    token then lengths[i] completion tokens; the stand-in model puts the whole summed log-prob on the first
-    completion token. Returns the mean loss and the logged metrics."""
-    b2 = 2 * pi_c.shape[0]
-    width = int(lengths.max()) + 1
-    pos = torch.arange(width)
-    completion_mask = ((pos >= 1) & (pos <= lengths[:, None])).long()  # (2B, width)
-    log_probs = torch.zeros(b2, width - 1, dtype=torch.float64)
-    log_probs[:, 0] = torch.cat([pi_c, pi_r])
-    zeros = torch.zeros_like(log_probs)
-    outputs = SimpleNamespace(log_probs=log_probs, entropy=zeros, mean_logits=zeros,
-                              is_top1=zeros.bool())
-    accelerator = SimpleNamespace(device=torch.device("cpu"), gather=lambda x: x, gather_for_metrics=lambda x: x)
-    trainer = SimpleNamespace(
-        model=SimpleNamespace(training=False), accelerator=accelerator, aux_loss_enabled=False, ld_alpha=None,
-        precompute_ref_logps=True, f_divergence_type="reverse_kl", loss_types=[loss_type], loss_weights=[1.0],
-        beta=beta, label_smoothing=0.0, use_weighting=False, _metrics=defaultdict(lambda: defaultdict(list)),
-        _total_train_tokens=0, _tp_size=1)
-    inputs = {"input_ids": torch.zeros(b2, width, dtype=torch.long), "attention_mask": torch.ones(b2, width),
-              "completion_mask": completion_mask, "ref_chosen_logps": ref_c, "ref_rejected_logps": ref_r}
-    from trl import DPOTrainer
-
-    loss = DPOTrainer._compute_loss(trainer, lambda **kw: outputs, inputs, return_outputs=False)
-    return loss, trainer._metrics["eval"]
-
-
-@pytest.mark.parametrize("name", ["sigmoid", "hinge", "ipo"])
-@pytest.mark.parametrize("beta", [0.1, 0.5])
-def test_dpo_losses_match_trl(name, beta):
-    """TRL sums log-probs and (ipo only) divides the ratios by each completion's length; ours takes the
-    averaged log-probs for ipo, so feed it sum/length for both policy and reference."""
-    pytest.importorskip("trl")
-    b = 8
-    pi_c, pi_r, ref_c, ref_r = (random_logps(b, 20 + i) for i in range(4))
-    lengths = torch.randint(1, 12, (2 * b,), generator=torch.Generator().manual_seed(3))
-    trl_loss, metrics = _trl_dpo(name, pi_c, pi_r, ref_c, ref_r, beta, lengths)
-    if LOSSES[name].averages_logps:
-        len_c, len_r = lengths.double().chunk(2)
-        pi_c, pi_r, ref_c, ref_r = pi_c / len_c, pi_r / len_r, ref_c / len_c, ref_r / len_r
-    out = call(name, pi_c, pi_r, ref_c, ref_r, beta=beta, label_smoothing=0.0)
-    assert_close(out.losses.mean(), trl_loss)
-    assert 0 < trl_loss.item()
-    if not LOSSES[name].averages_logps:  # TRL logs summed-log-prob rewards even for ipo
-        assert_close(out.chosen_rewards.mean().item(), metrics["rewards/chosen"][0])
-        assert_close(out.rejected_rewards.mean().item(), metrics["rewards/rejected"][0])
-
-
-@pytest.mark.parametrize("eps", [0.1, 0.3])
-def test_conservative_dpo_matches_trl_sigmoid_on_both_orders(eps):
-    """TRL 1.16's "sigmoid" ignores label_smoothing, but -log s(-beta*h) is its sigmoid loss with chosen and
-    rejected swapped, so cDPO's mean is (1 - eps) * TRL(c, r) + eps * TRL(r, c)."""
-    pytest.importorskip("trl")
-    pi_c, pi_r, ref_c, ref_r = (random_logps(6, 30 + i) for i in range(4))
-    ones = torch.ones(12, dtype=torch.long)
-    fwd, _ = _trl_dpo("sigmoid", pi_c, pi_r, ref_c, ref_r, 0.2, ones)
-    back, _ = _trl_dpo("sigmoid", pi_r, pi_c, ref_r, ref_c, 0.2, ones)
-    out = call("sigmoid", pi_c, pi_r, ref_c, ref_r, beta=0.2, label_smoothing=eps)
-    assert_close(out.losses.mean(), (1 - eps) * fwd + eps * back)
-
-
-@pytest.mark.parametrize(("kl_shift", "w_d", "w_u"), [(0.8, 1.0, 1.0), (-0.8, 1.5, 0.6)])
-def test_kto_matches_trl(kl_shift, w_d, w_u):
-    """Run TRL 1.16's KTOTrainer._compute_loss on a stand-in trainer and model (loss inlined, no kto_loss
-    method). TRL concatenates desirable then undesirable losses and returns their nanmean; ours keeps input
-    order, so compare means. kl_shift > 0 gives a positive batch KL, < 0 one that clamps to 0."""
-    pytest.importorskip("trl")
-    from trl import KTOTrainer
-
-    n, m = 7, 5
-    pi, ref = random_logps(n, 40), random_logps(n, 41)
-    ref_kl = random_logps(m, 42)
-    pi_kl = ref_kl + kl_shift + 0.1 * random_logps(m, 43, avg=True)
-    tags = torch.tensor([True, False, False, True, True, False, True])
-
-    def batch_rows(rows, token):  # a prompt token then one completion token per row
-        return torch.full((rows, 2), token), torch.ones(rows, 2), torch.tensor([[0, 1]] * rows)
-
-    ids, attn, comp = batch_rows(n, 1)
-    kl_ids, kl_attn, kl_comp = batch_rows(m, 2)
-
-    def model(**kw):
-        logps = pi_kl if kw["input_ids"][0, 0] == 2 else pi
-        zeros = torch.zeros(logps.shape[0], 1, dtype=torch.float64)
-        return SimpleNamespace(log_probs=logps[:, None], entropy=zeros, mean_logits=zeros)
-
-    accelerator = SimpleNamespace(device=torch.device("cpu"), gather_for_metrics=lambda x: x)
-    trainer = SimpleNamespace(
-        model=SimpleNamespace(training=False), accelerator=accelerator, calculate_KL=True,
-        aux_loss_enabled=False, precompute_ref_logps=True, loss_type="kto", beta=0.3, desirable_weight=w_d,
-        undesirable_weight=w_u, _metrics=defaultdict(lambda: defaultdict(list)), _total_train_tokens=0,
-        _tp_size=1)
-    trainer._compute_kl_logps = types.MethodType(KTOTrainer._compute_kl_logps, trainer)
-    batch = {"input_ids": ids, "attention_mask": attn, "completion_mask": comp, "KL_input_ids": kl_ids,
-             "KL_attention_mask": kl_attn, "KL_completion_mask": kl_comp, "label": tags, "ref_logps": ref,
-             "ref_KL_logps": ref_kl}
-    trl_loss = KTOTrainer._compute_loss(trainer, model, batch, return_outputs=False)
-    metrics = trainer._metrics["eval"]
-
-    out = kto_loss(pi, ref, tags, pi_kl, ref_kl, beta=0.3, desirable_weight=w_d, undesirable_weight=w_u)
-    assert_close(out.losses.mean(), trl_loss)
-    assert_close(out.extras["kl"].item(), metrics["kl"][0])
-    assert (out.extras["kl"].item() > 0) == (kl_shift > 0)
-    assert_close(out.chosen_rewards.mean().item(), metrics["rewards/chosen"][0])
-    assert_close(out.rejected_rewards.mean().item(), metrics["rewards/rejected"][0])
-
-
-def test_simpo_matches_trl_cpo_exactly():
-    """TRL 1.16 keeps SimPO in the experimental CPOTrainer.cpo_loss (loss_type="simpo", cpo_alpha=0)."""
-    pytest.importorskip("trl")
-    from trl.experimental.cpo import CPOTrainer
-
-    pi_c, pi_r = random_logps(8, 50, avg=True), random_logps(8, 51, avg=True)
-    trainer = SimpleNamespace(alpha=0.0, beta=2.5, simpo_gamma=1.4, label_smoothing=0.0, loss_type="simpo",
-                              accelerator=SimpleNamespace(device=torch.device("cpu")))
-    losses, chosen_rewards, rejected_rewards = CPOTrainer.cpo_loss(trainer, pi_c, pi_r)
-    out = call("simpo", pi_c, pi_r, None, None, beta=2.5, simpo_gamma=1.4)
-    assert torch.equal(out.losses, losses)
-    assert torch.equal(out.chosen_rewards, chosen_rewards) and torch.equal(out.rejected_rewards, rejected_rewards)
-
-
-def test_orpo_matches_trl():
-    """TRL 1.16's experimental ORPOTrainer.odds_ratio_loss returns beta * log s(log_odds) (the sign is applied
-    by its caller) and casts to float32, hence the float32 tolerance."""
-    pytest.importorskip("trl")
-    from trl.experimental.orpo import ORPOTrainer
-
-    pi_c, pi_r = random_logps(8, 52, avg=True), random_logps(8, 53, avg=True)
-    trainer = SimpleNamespace(beta=0.25, accelerator=SimpleNamespace(device=torch.device("cpu")))
-    trl_ratio_losses, *_ = ORPOTrainer.odds_ratio_loss(trainer, pi_c, pi_r)
-    out = call("orpo", pi_c, pi_r, None, None, beta=0.25)
-    assert_close(0.25 * out.extras["odds_ratio_loss"], -trl_ratio_losses.double(), rtol=1e-5, atol=1e-6)
-    assert_close(out.losses, out.extras["sft_loss"] + 0.25 * out.extras["odds_ratio_loss"])
 
 
 # ---------------------------------------------------------------- parity with LLaMA-Factory (optional)

@@ -162,12 +162,19 @@ def test_shipped_demo_sweep_covers_six_trials_three_losses():
     assert len(set(names)) == len(names)
 
 
-def test_losses_sweep_runs_all_six_paired_losses():
+def test_losses_sweep_runs_every_paired_loss_and_each_trial_is_a_valid_config():
+    """Every paired registry entry and MPO's combined loss; every sampled trial passes config validation
+    (each modifier with a loss it applies to); f-divergence, LD-DPO and WPO each take two or more values."""
     spec = load_sweep("sweeps/losses.yaml", ["bf16=false"])
-    assert set(spec.space["pref_loss"].values()) == set(loss_names("dpo"))
-    samples = tune_samples(spec, 18)
-    assert {s["pref_loss"] for s in samples} == set(loss_names("dpo"))
-    assert all(("simpo_gamma" in s) == (s["pref_loss"] == "simpo") for s in samples)
+    assert set(spec.space["pref_loss"].values()) == set(loss_names("dpo")) | {"sigmoid+bco_pair+sft"}
+    samples = tune_samples(spec, 60)
+    assert {s["pref_loss"] for s in samples} == set(spec.space["pref_loss"].values())
+    for s in samples:
+        load_config(spec.base, s)
+    for key in ("f_divergence_type", "ld_alpha", "use_weighting"):
+        assert len({s.get(key) for s in samples if key in s}) >= 2, key
+    mpo = next(s for s in samples if s["pref_loss"] == "sigmoid+bco_pair+sft")
+    assert load_config(spec.base, mpo).finetuning.pref_loss_weights == [0.8, 0.2, 1.0]
 
 
 @pytest.mark.parametrize("name", ["losses", "simpo", "ftx"])

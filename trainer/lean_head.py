@@ -63,6 +63,7 @@ def hidden_logps(
     chunk_size: int | None = 1024,
     vocab_chunk_size: int | None = 4096,
     bias: Tensor | None = None,
+    log_sum_sq: bool = False,
 ) -> SequenceLogps:
     """Summed response log-probs per sequence from the head's input, as `sequence_logps(hidden @ weight.T + bias, labels)`.
 
@@ -70,9 +71,9 @@ def hidden_logps(
     bias: (V,) or None; labels: (B, S) int64, IGNORE_INDEX on prompt and padding. Position t predicts
     labels[t + 1], as in `sequence_logps`.
     chunk_size: response rows processed at once; vocab_chunk_size: vocab entries processed at once;
-    None = all at once.
-    Returns SequenceLogps with sum / count / mean_logits of shape (B,) (sum float32, or float64 when an
-    input is float64). Gradients come back in the dtypes of hidden, weight and bias.
+    None = all at once. log_sum_sq: also return the summed log sum_v p(v)^2 (WPO).
+    Returns SequenceLogps with sum / count / mean_logits (/ log_sum_sq) of shape (B,) and per_token (B, S)
+    (sum float32, or float64 when an input is float64). Gradients come back in the dtypes of hidden, weight and bias.
     """
     if hidden.dim() != 3 or labels.shape != hidden.shape[:-1]:
         raise ValueError(
@@ -101,17 +102,19 @@ def hidden_logps(
     row_step = max(n_rows if chunk_size is None else chunk_size, 1)
     vocab_step = vocab if vocab_chunk_size is None else vocab_chunk_size
 
-    token_logps, row_logit_sums = _HiddenLogps.apply(
-        hidden, weight, bias, rows[0], rows[1], targets[rows], row_step, vocab_step
-    )  # (M,), (M,)
+    token_logps, row_logit_sums, row_lse2 = _HiddenLogps.apply(
+        hidden, weight, bias, rows[0], rows[1], targets[rows], row_step, vocab_step, log_sum_sq
+    )  # (M,), (M,), (M,)
 
     # Scatter back to (B, S) and sum per row, like sequence_logps: each position is written at most once.
     per_position = token_logps.new_zeros(batch, seq)
-    total = per_position.index_put(rows, token_logps).sum(-1)
+    per_token = per_position.index_put(rows, token_logps)
     logit_sums = per_position.index_put(rows, row_logit_sums).sum(-1)
     count = (targets != IGNORE_INDEX).sum(-1)
     mean_logits = (logit_sums / (count.clamp(min=1) * vocab)).detach()
-    return SequenceLogps(sum=total, count=count, mean_logits=mean_logits)
+    sq = per_position.detach().index_put(rows, row_lse2).sum(-1) if log_sum_sq else None
+    return SequenceLogps(sum=per_token.sum(-1), count=count, mean_logits=mean_logits, per_token=per_token,
+                         log_sum_sq=sq)
 
 
 def _vocab_block(weight: Tensor, bias: Tensor | None, start: int, end: int, dtype: torch.dtype):
@@ -132,19 +135,23 @@ class _HiddenLogps(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, batch_idx, pos_idx, targets, row_step: int, vocab_step: int):
+    def forward(ctx, hidden, weight, bias, batch_idx, pos_idx, targets, row_step: int, vocab_step: int,
+                log_sum_sq: bool = False):
         # Under autocast (a bf16 Trainer) the matmuls below would run in bf16: keep them in float32.
         with torch.autocast(hidden.device.type, enabled=False):
-            return _HiddenLogps._forward(ctx, hidden, weight, bias, batch_idx, pos_idx, targets, row_step, vocab_step)
+            return _HiddenLogps._forward(ctx, hidden, weight, bias, batch_idx, pos_idx, targets, row_step, vocab_step,
+                                         log_sum_sq)
 
     @staticmethod
-    def _forward(ctx, hidden, weight, bias, batch_idx, pos_idx, targets, row_step: int, vocab_step: int):
+    def _forward(ctx, hidden, weight, bias, batch_idx, pos_idx, targets, row_step: int, vocab_step: int,
+                 log_sum_sq: bool):
         dtype = torch.promote_types(torch.promote_types(hidden.dtype, weight.dtype), torch.float32)
         h = hidden[batch_idx, pos_idx].to(dtype)  # (M, H); advanced indexing copies
         n_rows, vocab = targets.numel(), weight.shape[0]
         logsumexp = h.new_full((n_rows,), float("-inf"))
         picked = h.new_zeros(n_rows)
         row_sums = h.new_zeros(n_rows)
+        lse2 = h.new_full((n_rows,), float("-inf")) if log_sum_sq else h.new_zeros(n_rows)
         for v0 in range(0, vocab, vocab_step):
             v1 = min(v0 + vocab_step, vocab)
             w, b = _vocab_block(weight, bias, v0, v1, dtype)
@@ -159,14 +166,18 @@ class _HiddenLogps(torch.autograd.Function):
                 hit = logits.gather(1, local[r0:r1, None]).squeeze(1)
                 picked[r0:r1] += torch.where(inside[r0:r1], hit, 0)
                 row_sums[r0:r1] += logits.sum(dim=-1)
+                if log_sum_sq:  # online logsumexp(2 z), for log sum_v p_v^2 = lse(2z) - 2 lse(z)
+                    lse2[r0:r1] = torch.logaddexp(lse2[r0:r1], torch.logsumexp(2 * logits, dim=-1))
         ctx.save_for_backward(hidden, weight, bias, batch_idx, pos_idx, targets, logsumexp)
         ctx.steps = (row_step, vocab_step)
-        ctx.mark_non_differentiable(row_sums)
-        return picked - logsumexp, row_sums
+        if log_sum_sq:
+            lse2 = lse2 - 2 * logsumexp
+        ctx.mark_non_differentiable(row_sums, lse2)
+        return picked - logsumexp, row_sums, lse2
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_logps: Tensor, _grad_sums: Tensor | None):
+    def backward(ctx, grad_logps: Tensor, _grad_sums: Tensor | None, _grad_lse2: Tensor | None):
         with torch.autocast(grad_logps.device.type, enabled=False):
             return _HiddenLogps._backward(ctx, grad_logps)
 
@@ -212,7 +223,7 @@ class _HiddenLogps(torch.autograd.Function):
         if grad_h is not None:
             grad_hidden = torch.zeros_like(hidden)
             grad_hidden[batch_idx, pos_idx] = grad_h.to(hidden.dtype)  # each (b, t) at most once
-        return grad_hidden, grad_weight, grad_bias, None, None, None, None, None
+        return grad_hidden, grad_weight, grad_bias, None, None, None, None, None, None
 
 
 def _pass_hidden_states(hidden_states: Tensor) -> Tensor:

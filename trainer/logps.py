@@ -39,6 +39,10 @@ class SequenceLogps:
     sum: Tensor
     count: Tensor
     mean_logits: Tensor
+    per_token: Tensor | None = None
+    """(B, S) log-prob of each position's target, 0 off the response; differentiable (LD-DPO's weights)."""
+    log_sum_sq: Tensor | None = None
+    """(B,) detached, summed over response positions of log sum_v p(v)^2; only with `log_sum_sq=True` (WPO)."""
 
     @property
     def mean(self) -> Tensor:
@@ -46,12 +50,21 @@ class SequenceLogps:
         return self.sum / self.count.clamp(min=1)
 
 
-def sequence_logps(logits: Tensor, labels: Tensor, *, chunk_size: int | None = 1024) -> SequenceLogps:
+def response_mask(labels: Tensor) -> Tensor:
+    """(B, S) bool: True at positions whose logits predict a response token (labels[t + 1] != IGNORE_INDEX)."""
+    mask = torch.zeros_like(labels, dtype=torch.bool)
+    mask[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+    return mask
+
+
+def sequence_logps(logits: Tensor, labels: Tensor, *, chunk_size: int | None = 1024,
+                   log_sum_sq: bool = False) -> SequenceLogps:
     """Summed response log-probs per sequence.
 
     logits: (B, S, V), any float dtype; labels: (B, S) int64, IGNORE_INDEX on prompt and padding.
     chunk_size: response positions (rows of the flattened B*S) processed at once; None = all at once.
-    Returns SequenceLogps with sum / count / mean_logits of shape (B,).
+    log_sum_sq: also return the summed log sum_v p(v)^2 (one more logsumexp per row).
+    Returns SequenceLogps with sum / count / mean_logits (/ log_sum_sq) of shape (B,) and per_token (B, S).
     """
     if logits.dim() != 3 or labels.shape != logits.shape[:-1]:
         raise ValueError(
@@ -70,16 +83,20 @@ def sequence_logps(logits: Tensor, labels: Tensor, *, chunk_size: int | None = 1
     rows = (batch_idx, pos_idx)
     step = batch_idx.numel() if chunk_size is None else chunk_size
 
-    token_logps, row_logit_sums = _ResponseLogps.apply(logits, rows, targets[rows], max(step, 1))  # (M,), (M,)
+    token_logps, row_logit_sums, row_lse2 = _ResponseLogps.apply(
+        logits, rows, targets[rows], max(step, 1), log_sum_sq
+    )  # (M,), (M,), (M,): logsumexp(2 * logits) per row, or zeros
 
     # Scatter back to (B, S) and sum each row, as LLaMA-Factory does: no atomics (index_add on CUDA is not
     # deterministic), and every position is written at most once.
     per_position = token_logps.new_zeros(batch, seq)
-    total = per_position.index_put(rows, token_logps).sum(-1)
+    per_token = per_position.index_put(rows, token_logps)
+    total = per_token.sum(-1)
     logit_sums = per_position.index_put(rows, row_logit_sums).sum(-1)
     count = (targets != IGNORE_INDEX).sum(-1)
     mean_logits = (logit_sums / (count.clamp(min=1) * vocab)).detach()
-    return SequenceLogps(sum=total, count=count, mean_logits=mean_logits)
+    sq = per_position.detach().index_put(rows, row_lse2).sum(-1) if log_sum_sq else None
+    return SequenceLogps(sum=total, count=count, mean_logits=mean_logits, per_token=per_token, log_sum_sq=sq)
 
 
 class _ResponseLogps(torch.autograd.Function):
@@ -89,12 +106,13 @@ class _ResponseLogps(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, logits: Tensor, rows: tuple[Tensor, Tensor], targets: Tensor, step: int):
+    def forward(ctx, logits: Tensor, rows: tuple[Tensor, Tensor], targets: Tensor, step: int, log_sum_sq: bool):
         compute_dtype = torch.promote_types(logits.dtype, torch.float32)
         n_rows = targets.numel()
         token_logps = logits.new_empty(n_rows, dtype=compute_dtype)
         logsumexp = logits.new_empty(n_rows, dtype=compute_dtype)
         row_logit_sums = logits.new_empty(n_rows, dtype=compute_dtype)
+        row_lse2 = logits.new_zeros(n_rows, dtype=compute_dtype)
         for start in range(0, n_rows, step):
             end = min(start + step, n_rows)
             chunk = logits[rows[0][start:end], rows[1][start:end]].to(compute_dtype)  # (m, V)
@@ -102,14 +120,16 @@ class _ResponseLogps(torch.autograd.Function):
             picked = chunk.gather(1, targets[start:end, None]).squeeze(1)
             token_logps[start:end] = picked - logsumexp[start:end]
             row_logit_sums[start:end] = chunk.sum(dim=-1)
+            if log_sum_sq:  # log sum_v p_v^2 = logsumexp(2 z) - 2 logsumexp(z)
+                row_lse2[start:end] = torch.logsumexp(2 * chunk, dim=-1) - 2 * logsumexp[start:end]
         ctx.save_for_backward(logits, rows[0], rows[1], targets, logsumexp)
         ctx.step = step
-        ctx.mark_non_differentiable(row_logit_sums)
-        return token_logps, row_logit_sums
+        ctx.mark_non_differentiable(row_logit_sums, row_lse2)
+        return token_logps, row_logit_sums, row_lse2
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_logps: Tensor, _grad_sums: Tensor | None):
+    def backward(ctx, grad_logps: Tensor, _grad_sums: Tensor | None, _grad_lse2: Tensor | None):
         logits, batch_idx, pos_idx, targets, logsumexp = ctx.saved_tensors
         grad = torch.zeros_like(logits)
         step = ctx.step
@@ -123,4 +143,4 @@ class _ResponseLogps(torch.autograd.Function):
             chunk.sub_(logsumexp[start:end, None]).exp_().mul_(-g)
             chunk.scatter_add_(1, targets[start:end, None], g)
             grad[rows] = chunk.to(grad.dtype)
-        return grad, None, None, None
+        return grad, None, None, None, None

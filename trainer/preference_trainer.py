@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import re
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 
@@ -26,85 +23,25 @@ from torch import Tensor, nn
 from torch.utils.data import SequentialSampler
 from transformers import Trainer, TrainerCallback
 
+from trainer.checkpoints import load_deepspeed_checkpoints_weights_only, mark_checkpoint_complete
 from trainer.data.collator import REFERENCE_COLUMNS
 from trainer.lean_head import hidden_logps, hidden_states_as_logits
 from trainer.length_sampler import SeededLengthGroupedSampler, grouping_batch_size, padded_lengths
-from trainer.logps import SequenceLogps, sequence_logps
-from trainer.losses import LossSpec, sft_loss
+from trainer.logps import SequenceLogps, response_mask, sequence_logps
+from trainer.losses import LossSpec, paired_objective, sft_loss
+from trainer.losses.config_checks import HPARAM_KEYS
 from trainer.models import Reference, prepare_deepspeed_reference
+from trainer.reference_sync import ReferenceSyncCallback
 
 logger = logging.getLogger("prefsweep")
 
-CHECKPOINT_COMPLETE = ".complete"
-"""Written last into `checkpoint-N/` (atomically, by rank 0, after every rank wrote its files): a
-checkpoint without it was cut off mid-write and is never resumed from."""
-_CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 EPOCH_PADDING_FRACTION = "epoch_padding_fraction"
 
 Metric = Tensor | tuple[Tensor, int]
 """A metric of one step: a tensor (its sum and element count are stored) or an explicit (sum, count)."""
 
 
-def checkpoint_is_complete(path: str | os.PathLike) -> bool:
-    return Path(path, CHECKPOINT_COMPLETE).is_file()
-
-
-def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
-    """The highest-step `checkpoint-N` under `output_dir` that carries the completion marker, or None."""
-    root = Path(output_dir)
-    if not root.is_dir():
-        return None
-    steps = [
-        (int(m.group(1)), child)
-        for child in root.iterdir()
-        if (m := _CHECKPOINT_RE.match(child.name)) and child.is_dir() and checkpoint_is_complete(child)
-    ]
-    return str(max(steps)[1]) if steps else None
-
-
-def deepspeed_safe_globals() -> list:
-    """What DeepSpeed's ZeRO optimizer state files pickle beside tensors: allow-listed for
-    `torch.load(weights_only=True)` (the loss scaler, the ZeRO stage enum, fp32 fragment addresses)."""
-    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
-    from deepspeed.runtime.zero.config import ZeroStageEnum
-    from deepspeed.utils.tensor_fragment import fragment_address
-
-    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
-
-
-def load_deepspeed_checkpoints_weights_only() -> None:
-    """Make DeepSpeed's checkpoint engine load with `weights_only=True` (it turns `weights_only` off
-    itself): its own classes are allow-listed, anything else in a checkpoint is refused, not unpickled."""
-    from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
-
-    if getattr(TorchCheckpointEngine.load, "_prefsweep_weights_only", False):
-        return
-    torch.serialization.add_safe_globals(deepspeed_safe_globals())
-
-    def load(self, path: str, map_location=None):
-        return torch.load(path, map_location=map_location, weights_only=True)
-
-    load._prefsweep_weights_only = True
-    TorchCheckpointEngine.load = load
-
-
-def mark_checkpoint_complete(path: str | os.PathLike, step: int) -> None:
-    """Write the marker via a temp file, fsync and rename: it exists whole or not at all."""
-    fd, tmp = tempfile.mkstemp(dir=path, prefix=f"{CHECKPOINT_COMPLETE}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(f"{step}\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, Path(path, CHECKPOINT_COMPLETE))
-
-# config key -> loss keyword, for the hparams a registry entry declares
-LOSS_KWARG_SOURCES = {
-    "beta": "pref_beta",
-    "label_smoothing": "dpo_label_smoothing",
-    "simpo_gamma": "simpo_gamma",
-    "desirable_weight": "kto_chosen_weight",
-    "undesirable_weight": "kto_rejected_weight",
-}
+LOSS_KWARG_SOURCES = HPARAM_KEYS  # loss keyword -> config key
 
 
 def loss_kwargs(spec: LossSpec, finetuning) -> dict[str, float]:
@@ -113,7 +50,7 @@ def loss_kwargs(spec: LossSpec, finetuning) -> dict[str, float]:
 
 def response_logps(
     model: nn.Module, input_ids: Tensor, attention_mask: Tensor, labels: Tensor, *, lean_head: bool,
-    chunk_size: int | None,
+    chunk_size: int | None, log_sum_sq: bool = False,
 ) -> SequenceLogps:
     """(N, L) token ids -> per-sequence log-probs of the response tokens, shape (N,).
 
@@ -125,9 +62,10 @@ def response_logps(
     if lean_head:
         with hidden_states_as_logits(model) as head:
             hidden = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-        return hidden_logps(hidden, head.weight, labels, bias=head.bias, chunk_size=chunk_size or 1024)
+        return hidden_logps(hidden, head.weight, labels, bias=head.bias, chunk_size=chunk_size or 1024,
+                            log_sum_sq=log_sum_sq)
     logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-    return sequence_logps(logits, labels, chunk_size=chunk_size)
+    return sequence_logps(logits, labels, chunk_size=chunk_size, log_sum_sq=log_sum_sq)
 
 
 def cached_logps(inputs: dict[str, Tensor], pairs: list[tuple[str, str]], dtype: torch.dtype) -> SequenceLogps:
@@ -182,11 +120,20 @@ class PreferenceTrainer(Trainer):
         pref_ftx: float = 0.0,
         logps_chunk_size: int | None = 1024,
         lean_head: bool = True,
+        loss_weights: list[float] | None = None,
+        ld_alpha: float | None = None,
+        use_weighting: bool = False,
+        ref_sync: tuple[float, int] | None = None,
         **kwargs,
     ):
+        """loss_weights: one per component of a combined loss (default 1 each); ld_alpha: LD-DPO's weight of
+        the verbose tail; use_weighting: WPO pair weights; ref_sync: TR-DPO's (mixup alpha, sync steps)."""
         super().__init__(*args, **kwargs)
         self.loss = loss
         self.loss_kwargs = loss_kwargs
+        self.loss_weights = loss_weights
+        self.ld_alpha = ld_alpha
+        self.use_weighting = use_weighting
         self.reference = reference
         self.pref_ftx = pref_ftx
         self.logps_chunk_size = logps_chunk_size
@@ -208,6 +155,10 @@ class PreferenceTrainer(Trainer):
                 reference.model.to(self.args.device)
         if self.is_deepspeed_enabled:
             load_deepspeed_checkpoints_weights_only()  # resume: no unpickling of DeepSpeed's files
+        if ref_sync is not None:
+            if reference.model is None:
+                raise ValueError(f"sync_ref_model needs a separate reference model, but the reference is {reference.kind}")
+            self.add_callback(ReferenceSyncCallback(self, *ref_sync))
 
     # ---- forward passes -------------------------------------------------------------------------
 
@@ -221,20 +172,19 @@ class PreferenceTrainer(Trainer):
             folder = Path(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
             mark_checkpoint_complete(folder, self.state.global_step)
 
-    def _logps(self, model: nn.Module, input_ids: Tensor, attention_mask: Tensor, labels: Tensor) -> SequenceLogps:
+    def _logps(self, model: nn.Module, input_ids: Tensor, attention_mask: Tensor, labels: Tensor,
+               log_sum_sq: bool = False) -> SequenceLogps:
         """(N, L) token ids -> (N,) response log-probs (`response_logps`). A model the lean path refuses
         falls back to the logits path, once, with a warning."""
         if self.lean_head:
             try:
-                return response_logps(
-                    model, input_ids, attention_mask, labels, lean_head=True, chunk_size=self.logps_chunk_size
-                )
+                return response_logps(model, input_ids, attention_mask, labels, lean_head=True,
+                                      chunk_size=self.logps_chunk_size, log_sum_sq=log_sum_sq)
             except ValueError as err:
                 logger.warning("lean LM-head log-probs are off for this model (%s); computing full logits", err)
                 self.lean_head = False
-        return response_logps(
-            model, input_ids, attention_mask, labels, lean_head=False, chunk_size=self.logps_chunk_size
-        )
+        return response_logps(model, input_ids, attention_mask, labels, lean_head=False,
+                              chunk_size=self.logps_chunk_size, log_sum_sq=log_sum_sq)
 
     @torch.no_grad()
     def _reference_logps(self, model: nn.Module, input_ids, attention_mask, labels) -> SequenceLogps:
@@ -251,38 +201,46 @@ class PreferenceTrainer(Trainer):
         batch = (inputs[f"{prefix}input_ids"], inputs[f"{prefix}attention_mask"], inputs[f"{prefix}labels"])
         return self._reference_logps(model, *batch)
 
-    def _reduced(self, logps: SequenceLogps) -> Tensor:
-        return logps.mean if self.loss.averages_logps else logps.sum
-
     # ---- losses ---------------------------------------------------------------------------------
 
     def paired_loss(self, model: nn.Module, inputs: dict[str, Tensor]) -> tuple[Tensor, dict[str, Metric]]:
-        """Batch of 2B rows (chosen block, then rejected block) -> scalar loss and metric (sum, count)s."""
+        """Batch of 2B rows (chosen block, then rejected block) -> scalar loss and metric (sum, count)s.
+
+        The loss's components, weights and modifiers are composed by `trainer.losses.paired_objective`."""
         batch = (inputs["input_ids"], inputs["attention_mask"], inputs["labels"])
-        policy = self._logps(model, *batch)
-        policy_values = self._reduced(policy)
-        chosen, rejected = policy_values.chunk(2)
-        ref_chosen = ref_rejected = None
+        policy = self._logps(model, *batch, log_sum_sq=self.use_weighting)
+        reference = None
         if self.loss.needs_reference:
-            reference = self._reference(model, inputs, "", "pair", len(chosen), policy.sum.dtype)
-            ref_chosen, ref_rejected = self._reduced(reference).chunk(2)
-        out = self.loss.fn(chosen, rejected, ref_chosen, ref_rejected, **self.loss_kwargs)
-        loss = out.losses.mean()
+            reference = self._reference(model, inputs, "", "pair", len(policy.sum) // 2, policy.sum.dtype)
+        objective = paired_objective(
+            self.loss, self.loss_kwargs, self.loss_weights, policy, reference,
+            response_mask=response_mask(inputs["labels"]) if self.ld_alpha is not None else None,
+            ld_alpha=self.ld_alpha, reference_weighted=self.reference.kind == "cached",  # cache: LD-weighted sums
+            use_weighting=self.use_weighting,
+        )
+        loss = objective.loss
         if self.pref_ftx > 0:
             loss = loss + self.pref_ftx * sft_loss(policy.mean.chunk(2)[0]).mean()
+        rewards = objective.rewards
+        logps_chosen, logps_rejected = objective.logps.chunk(2)
         mean_logits_chosen, mean_logits_rejected = policy.mean_logits.chunk(2)
         metrics = {
-            "rewards/chosen": out.chosen_rewards,
-            "rewards/rejected": out.rejected_rewards,
-            "rewards/accuracies": (out.chosen_rewards > out.rejected_rewards).float(),
-            "rewards/margins": out.chosen_rewards - out.rejected_rewards,
-            "logps/chosen": chosen.detach(),
-            "logps/rejected": rejected.detach(),
+            "rewards/chosen": rewards.chosen_rewards,
+            "rewards/rejected": rewards.rejected_rewards,
+            "rewards/accuracies": (rewards.chosen_rewards > rewards.rejected_rewards).float(),
+            "rewards/margins": rewards.chosen_rewards - rewards.rejected_rewards,
+            "logps/chosen": logps_chosen,
+            "logps/rejected": logps_rejected,
             "logits/chosen": mean_logits_chosen,
             "logits/rejected": mean_logits_rejected,
-            **{name: value.detach() for name, value in out.extras.items()},
+            **{name: value.detach() for out in objective.outputs for name, value in out.extras.items()},
             "padding_fraction": padding(inputs["attention_mask"]),
         }
+        if len(objective.parts) > 1:  # per component: its batch mean before its weight
+            metrics.update({f"loss/{part.name}": mean.reshape(1)
+                            for part, mean in zip(self.loss.components, objective.parts)})
+        if objective.pair_weights is not None:
+            metrics["wpo_weights"] = objective.pair_weights
         return loss, metrics
 
     def kto_loss(self, model: nn.Module, inputs: dict[str, Tensor]) -> tuple[Tensor, dict[str, Metric]]:

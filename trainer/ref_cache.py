@@ -62,7 +62,8 @@ import torch
 from trainer.config import TrainConfig
 from trainer.data import PreferenceData, make_collator
 from trainer.data.collator import REFERENCE_COLUMNS, reference_column_names
-from trainer.losses import get_loss
+from trainer.logps import response_mask
+from trainer.losses import get_loss, ld_weighted_logps
 
 logger = logging.getLogger("prefsweep.ref_cache")
 
@@ -213,6 +214,8 @@ def key_fields(cfg: TrainConfig, data: PreferenceData, *, seed: int, root: Path)
         "val_size": val_size,
         "split_seed": seed if val_size > 0 else None,
     }
+    if cfg.finetuning.ld_alpha is not None:  # LD-DPO weights the reference's log-probs too
+        fields["ld_alpha"] = cfg.finetuning.ld_alpha
     return json.loads(json.dumps(fields))  # exactly what a manifest reads back
 
 
@@ -336,7 +339,7 @@ def _lengths(dataset, stage: str) -> np.ndarray:
 @torch.no_grad()
 def reference_tables(
     model: torch.nn.Module, data: PreferenceData, tokenizer: Any, *, stage: str, batch_size: int,
-    device: torch.device, lean_head: bool = True, chunk_size: int | None = 1024,
+    device: torch.device, lean_head: bool = True, chunk_size: int | None = 1024, ld_alpha: float | None = None,
 ) -> tuple[dict[str, pa.Table], int]:
     """One reference forward per example of train and eval -> ({split: table}, examples forwarded).
 
@@ -374,7 +377,10 @@ def reference_tables(
                         lean_head = False
                 if not lean_head:
                     logps = response_logps(model, ids, mask, labels, lean_head=False, chunk_size=chunk_size)
-                sums, counts = logps.sum.double().cpu().numpy(), logps.count.cpu().numpy()
+                sums = logps.sum
+                if ld_alpha is not None and block == "pair":  # LD-DPO: the chosen/rejected pair's weighting
+                    sums = ld_weighted_logps(logps.per_token, response_mask(labels), ld_alpha)
+                sums, counts = sums.double().cpu().numpy(), logps.count.cpu().numpy()
                 for group, (sum_name, count_name) in enumerate(pairs):
                     rows = slice(group * len(idx), (group + 1) * len(idx))
                     out[sum_name][idx], out[count_name][idx] = sums[rows], counts[rows]
@@ -408,6 +414,8 @@ def _off_reason(cfg: TrainConfig) -> str:
         return f"{cfg.loss_name} is reference-free"
     if cfg.finetuning.precompute_ref == "never":
         return "precompute_ref: never"
+    if cfg.finetuning.sync_ref_model:
+        return "sync_ref_model: the reference moves during training (TR-DPO), so no shared cache"
     return ""
 
 
@@ -422,6 +430,8 @@ def prepare(
     """
     off = _off_reason(cfg)
     if off:
+        if cfg.finetuning.sync_ref_model:
+            _say("reference cache off: %s", off)
         return CacheInfo(reason=off), None
     root = cache_root(cfg)
     if not build and not any(root.glob(f"*/{MANIFEST}")):
@@ -456,6 +466,7 @@ def prepare(
         tables, forwards = reference_tables(
             model, data, tokenizer, stage=cfg.finetuning.stage, batch_size=batch_size, device=device,
             lean_head=cfg.finetuning.lean_head, chunk_size=cfg.finetuning.logps_chunk_size,
+            ld_alpha=cfg.finetuning.ld_alpha,
         )
         del model
     import transformers
@@ -521,7 +532,7 @@ def reference_cache_identity(cfg: TrainConfig) -> str | None:
         str(cache_root(cfg)), cfg.finetuning.stage, m.model_name_or_path, m.ref_model, m.model_revision,
         str(compute_dtype(cfg.training)), d.dataset, d.eval_dataset, str(Path(d.dataset_dir).resolve()),
         d.template, d.cutoff_len, d.max_samples, float(d.val_size or 0), args.seed if d.val_size else None,
-        args.do_train,
+        args.do_train, *([cfg.finetuning.ld_alpha] if cfg.finetuning.ld_alpha is not None else []),
     ]
     return key_hash(fields)
 

@@ -19,6 +19,10 @@ have been added, make sure `resize_vocab` is True"). What the templates we serve
   `<|eom_id|>` is registered; the prefix is the bos token and the turns use `<|start_header_id|>`,
   `<|end_header_id|>`.
 
+Beyond these, every template of the registry (`trainer/data/templates/`) names its markup and stop words
+(`<start_of_turn>`, `<|user|>`, ...): they are added as special tokens in the ids BPE left free, so any
+template runs on the tiny model without growing the vocabulary (a vocabulary BPE filled has no room for them).
+
 So every token above is in the trained vocab as a special token (`<|eom_id|>` included: without it
 `llama3` would add a token), eos is `<|im_end|>` (the ChatML turn end our own chat template uses; chatml
 and qwen then change nothing), pad is `<|endoftext|>` (present, so no template sets pad = eos, and padding
@@ -117,6 +121,13 @@ def _strings(node: object) -> Iterator[str]:
             yield from _strings(value)
 
 
+def template_special_tokens() -> list[str]:
+    """The special tokens every chat template names (stop words, markup), in a fixed order."""
+    from trainer.data.templates import TEMPLATES
+
+    return list(dict.fromkeys(t for entry in TEMPLATES.values() for t in entry.special_tokens))
+
+
 def train_tokenizer(texts: list[str], *, vocab_size: int, model_max_length: int) -> PreTrainedTokenizerFast:
     """Byte-level BPE trained on `texts`, padded with `<|reserved_N|>` to exactly `vocab_size` tokens."""
     min_size = len(SPECIAL_TOKENS) + N_BYTES
@@ -137,6 +148,16 @@ def train_tokenizer(texts: list[str], *, vocab_size: int, model_max_length: int)
     )
     tokenizer.train_from_iterator(texts, trainer=bpe)
 
+    # Every template's markup and stop words become special tokens too, so any template runs without LF
+    # adding tokens past the embedding. They take the first ids BPE left free (never a merge: the ids of
+    # ordinary text stay what they were); when BPE filled the vocabulary there is no room and only the
+    # base special tokens above exist. A bare word (chatglm3's `sop`) must not match inside other words.
+    extra = [t for t in template_special_tokens() if t not in SPECIAL_TOKENS]
+    if vocab_size - tokenizer.get_vocab_size() < len(extra):
+        extra = []
+    tokenizer.add_special_tokens(
+        [AddedToken(t, special=True, normalized=False, single_word=t.isalnum()) for t in extra]
+    )
     n_missing = vocab_size - tokenizer.get_vocab_size()
     if n_missing > 0:
         tokenizer.add_tokens(
@@ -148,7 +169,7 @@ def train_tokenizer(texts: list[str], *, vocab_size: int, model_max_length: int)
         bos_token=BOS_TOKEN,
         eos_token=EOS_TOKEN,
         pad_token=PAD_TOKEN,
-        additional_special_tokens=[t for t in SPECIAL_TOKENS if t not in (BOS_TOKEN, EOS_TOKEN, PAD_TOKEN)],
+        additional_special_tokens=[t for t in SPECIAL_TOKENS if t not in (BOS_TOKEN, EOS_TOKEN, PAD_TOKEN)] + extra,
         chat_template=CHAT_TEMPLATE,
         model_max_length=model_max_length,
         clean_up_tokenization_spaces=False,  # decode must give back the exact text
@@ -207,6 +228,24 @@ def build_tiny_model(
     return out_dir
 
 
+DEMO_DATA = "data/dpo_en_demo.json"
+"""The demo pairs (relative to the checkout root) the default tiny model's tokenizer is trained on."""
+
+
+def ensure_tiny_model(out_dir: Path | str) -> bool:
+    """Build the default tiny model (`prefsweep make-tiny-model OUT`: DEMO_DATA, vocab 1024, seed 0, warmed up
+    on the demo pairs after the first 64) at
+    `out_dir` unless it already holds a model; True when it was built. Deterministic: the same files as
+    `make tiny-model` writes, so a job that cannot see the user's copy builds an equal one."""
+    if (Path(out_dir) / "config.json").is_file():
+        return False
+    from trainer.tiny_warmup import DEMO_WARMUP, warm_up_model_dir
+
+    build_tiny_model(out_dir, [Path(DEMO_DATA)])
+    warm_up_model_dir(out_dir, **DEMO_WARMUP)  # as `make tiny-model` (Makefile) warms it up
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     """`prefsweep make-tiny-model OUT --data FILE [--data FILE2] [--vocab-size N] [--seed S]`."""
     parser = argparse.ArgumentParser(
@@ -215,8 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("out", type=Path, help="output directory (model + tokenizer)")
     parser.add_argument(
-        "--data", type=Path, action="append", required=True,
-        help="json / jsonl / text file whose strings train the tokenizer (repeatable)",
+        "--data", type=Path, action="append",
+        help=f"json / jsonl / text file whose strings train the tokenizer (repeatable; default {DEMO_DATA})",
     )
     parser.add_argument("--vocab-size", type=int, default=1024, help="tokenizer and embedding size (default 1024)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the random weights (default 0)")
@@ -224,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
 
     tiny_warmup.add_arguments(parser)
     args = parser.parse_args(argv)
-    out = build_tiny_model(args.out, args.data, vocab_size=args.vocab_size, seed=args.seed)
+    out = build_tiny_model(args.out, args.data or [Path(DEMO_DATA)], vocab_size=args.vocab_size, seed=args.seed)
     tiny_warmup.run_from_args(out, args)
     print(out)
     return 0

@@ -31,6 +31,8 @@ from trainer.logps import IGNORE_INDEX, sequence_logps
 DEFAULT_STEPS = 150
 DEFAULT_BATCH_SIZE = 8
 DEFAULT_LR = 3e-3
+DEMO_WARMUP = {"dataset": "dpo_en_demo", "dataset_dir": "data", "skip": 64, "seed": 0}
+"""What `make tiny-model` passes (`--warmup dpo_en_demo --warmup-skip 64`): the demo trains on the first 64 pairs."""
 
 
 @dataclass(frozen=True)

@@ -118,6 +118,11 @@ def build_trainer(cfg: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -
         pref_ftx=cfg.finetuning.pref_ftx,
         logps_chunk_size=cfg.finetuning.logps_chunk_size,
         lean_head=cfg.finetuning.lean_head,
+        loss_weights=cfg.finetuning.pref_loss_weights,
+        ld_alpha=cfg.finetuning.ld_alpha,
+        use_weighting=cfg.finetuning.use_weighting,
+        ref_sync=(cfg.finetuning.ref_model_mixup_alpha, cfg.finetuning.ref_model_sync_steps)
+        if cfg.finetuning.sync_ref_model else None,
     )
     return trainer, {"fingerprint": data.fingerprint, "skipped": dict(data.skipped), "ref_cache": cache}
 

@@ -25,13 +25,14 @@ from trainer.data.conversion import EMPTY_AFTER_TRUNCATION
 from trainer.data.encoding import MAP_BATCH_SIZE, FeedbackEncoder, PairwiseEncoder
 from trainer.data.reading import data_files
 from trainer.data.sources import Source, load_source
-from trainer.data.templates import get_template_and_fix_tokenizer
+from trainer.data.templates import get_template_and_fix_tokenizer, template_options
 from trainer.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
 STAGES = ("dpo", "kto")
-_CODE_FILES = ("conversion.py", "encoding.py", "reading.py", "sources.py", "templates.py", "pipeline.py")
+_CODE_FILES = ("conversion.py", "encoding.py", "reading.py", "sources.py", "pipeline.py", "trl_format.py",
+               "hub_datasets.py")
 
 
 def dataset_names(value: str | list[str] | None) -> list[str]:
@@ -58,10 +59,11 @@ def _file_digest(paths: list[Path]) -> str:
 
 def _code_digest() -> str:
     here = Path(__file__).parent
-    return _sha256(*[(here / name).read_text(encoding="utf-8") for name in _CODE_FILES])
+    files = [here / name for name in _CODE_FILES] + sorted((here / "templates").glob("*.py"))
+    return _sha256(*[path.read_text(encoding="utf-8") for path in files])
 
 
-def _tokenizer_digest(tokenizer: Any) -> str:
+def tokenizer_digest(tokenizer: Any) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
         vocab = backend.to_str()
@@ -78,9 +80,11 @@ def _tokenizer_digest(tokenizer: Any) -> str:
 
 def _source_key(source: Source, max_samples: int | None, seed: int) -> str:
     attr = {k: (str(v) if k == "path" else v) for k, v in vars(source.attr).items()}
+    # a hub snapshot's folder name is its commit sha: the data's identity; local files are hashed
+    files = source.attr.path.name if source.attr.hub_url else _file_digest(data_files(source.attr.path))
     return _sha256(
         attr,
-        _file_digest(data_files(source.attr.path)),
+        files,
         max_samples,
         seed if source.attr.num_samples else None,
     )
@@ -185,7 +189,7 @@ def build(
         raise ConfigError("val_size and eval_dataset are both set; use one way to get evaluation data")
     if do_train and not train_names:
         raise ConfigError("dataset is required to train (a name from dataset_dir/dataset_info.json)")
-    template = get_template_and_fix_tokenizer(tokenizer, data_args.template)
+    template = get_template_and_fix_tokenizer(tokenizer, data_args.template, **template_options(data_args))
     cache = (
         Path(cache_dir) if cache_dir is not None else Path(datasets.config.HF_DATASETS_CACHE) / "prefsweep"
     )
@@ -222,7 +226,7 @@ def build(
     encoder_cls = PairwiseEncoder if stage == "dpo" else FeedbackEncoder
     encoder = encoder_cls(template=template, tokenizer=tokenizer, cutoff_len=data_args.cutoff_len)
     common = _sha256(
-        stage, repr(template), _tokenizer_digest(tokenizer), data_args.cutoff_len, _code_digest()
+        stage, repr(template), tokenizer_digest(tokenizer), data_args.cutoff_len, _code_digest()
     )
     result: dict[str, datasets.Dataset | None] = {}
     for split, rows, key in (("train", train_rows, train_key), ("eval", eval_rows, eval_key)):
