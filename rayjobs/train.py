@@ -64,6 +64,9 @@ def absolute_paths(cfg: TrainConfig, base: Path | None = None) -> dict[str, Any]
         value = getattr(cfg.model, key)
         if value and Path(absolute(value)).exists():
             fixed[key] = absolute(value)
+    reward_model = getattr(cfg.finetuning, "eval_reward_model", None)
+    if reward_model and Path(absolute(reward_model)).exists():  # else a hub id
+        fixed["eval_reward_model"] = absolute(reward_model)
     if cfg.model.cache_dir:
         fixed["cache_dir"] = absolute(cfg.model.cache_dir)
     if getattr(cfg.finetuning, "ref_cache_dir", None):

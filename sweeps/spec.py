@@ -77,6 +77,7 @@ SPEC_KEYS = {
     "storage_path": "where Ray Tune and Ray Train keep results (default ~/ray_results)",
     "log_model": "upload each trial's final model to MLflow (default false)",
     "reference_cache": "compute reference log-probs once before the trials (default true)",
+    "register_best": "log the best trial's model to MLflow and register it under the sweep's name (default false)",
     "tiny_model": "a folder the driver fills with `prefsweep make-tiny-model`'s default tiny model when it is "
     "missing (a `ray job submit --working-dir .` uploads no git-ignored folder such as models/)",
 }
@@ -234,6 +235,7 @@ def _build(raw: dict, path: str | None, config_overrides: dict) -> SweepSpec:
         storage_path=raw.get("storage_path"),
         log_model=bool(raw.get("log_model", False)),
         reference_cache=bool(raw.get("reference_cache", True)),
+        register_best=bool(raw.get("register_best", False)),
         description=str(raw.get("description") or ""),
         tiny_model=tiny_model,
         source={**raw, "base": raw["base"], "overrides": {**inline, **config_overrides}},

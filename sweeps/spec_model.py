@@ -39,6 +39,8 @@ class SweepSpec:
     max_concurrent_trials: int | None = None
     storage_path: str | None = None
     log_model: bool = False
+    register_best: bool = False
+    """After the sweep: the best trial's weights as an MLflow logged model, registered as `name` (rayjobs.best_model)."""
     reference_cache: bool = True
     """Build the reference log-prob caches the trials read (trainer.ref_cache) before they start."""
     description: str = ""

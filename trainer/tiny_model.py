@@ -38,6 +38,10 @@ requested 32000). The rest is filled with regular added tokens `<|reserved_N|>`,
 CLI (called by the `prefsweep` dispatcher, argv without the subcommand name)::
 
     prefsweep make-tiny-model OUT --data FILE [--data FILE2] [--vocab-size N] [--seed S]
+        [--warmup DATASET [--warmup-dataset-dir DIR] [--warmup-skip N] [--warmup-steps N]]
+
+`--warmup` trains the random model briefly on a dataset's prompts and chosen answers
+(`trainer.tiny_warmup`), so a demo's DPO starts from log-probs that mean something.
 """
 
 from __future__ import annotations
@@ -229,12 +233,16 @@ DEMO_DATA = "data/dpo_en_demo.json"
 
 
 def ensure_tiny_model(out_dir: Path | str) -> bool:
-    """Build the default tiny model (`prefsweep make-tiny-model OUT`: DEMO_DATA, vocab 1024, seed 0) at
+    """Build the default tiny model (`prefsweep make-tiny-model OUT`: DEMO_DATA, vocab 1024, seed 0, warmed up
+    on the demo pairs after the first 64) at
     `out_dir` unless it already holds a model; True when it was built. Deterministic: the same files as
     `make tiny-model` writes, so a job that cannot see the user's copy builds an equal one."""
     if (Path(out_dir) / "config.json").is_file():
         return False
+    from trainer.tiny_warmup import DEMO_WARMUP, warm_up_model_dir
+
     build_tiny_model(out_dir, [Path(DEMO_DATA)])
+    warm_up_model_dir(out_dir, **DEMO_WARMUP)  # as `make tiny-model` (Makefile) warms it up
     return True
 
 
@@ -251,8 +259,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--vocab-size", type=int, default=1024, help="tokenizer and embedding size (default 1024)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the random weights (default 0)")
+    from trainer import tiny_warmup
+
+    tiny_warmup.add_arguments(parser)
     args = parser.parse_args(argv)
     out = build_tiny_model(args.out, args.data or [Path(DEMO_DATA)], vocab_size=args.vocab_size, seed=args.seed)
+    tiny_warmup.run_from_args(out, args)
     print(out)
     return 0
 
