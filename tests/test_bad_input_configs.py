@@ -110,7 +110,12 @@ CONFIGS = [
     ("info-list", {}, {"dataset_info.json": "[]"}, ["dataset_info.json", "JSON object"]),
     ("entry-string", {}, info(pairs="pairs.json"), ["dataset_info.json entry 'pairs'", "must be an object"]),
     ("entry-no-file_name", {}, info(pairs={"ranking": True}), ["entry 'pairs'", "has no file_name"]),
-    ("entry-hub-only", {}, info(pairs={"hf_hub_url": "org/pairs"}), ["entry 'pairs'", "hf_hub_url"]),
+    ("entry-hub-uncached", {}, info(pairs={"hf_hub_url": "org/pairs"}), ["entry 'pairs'", "hf_hub_url",
+                                                                          "hf download --repo-type dataset org/pairs"]),
+    ("entry-modelscope-only", {}, info(pairs={"ms_hub_url": "org/pairs"}), ["entry 'pairs'", "ms_hub_url"]),
+    ("dataset-trl-columns", {"dataset": "t.jsonl"}, {"t.jsonl": '{"q": 1}'}, ["dataset 't.jsonl'", "no TRL format"]),
+    ("dataset-dir-remote-uncached", {"dataset_dir": "REMOTE:org/registry"}, {}, ["REMOTE:org/registry",
+                                                                                 "hf download"]),
     ("file_name-missing", {}, info(pairs={**PAIRS, "file_name": "gone.json"}), ["file_name 'gone.json'", "not found"]),
     ("file_name-number", {}, info(pairs={**PAIRS, "file_name": 5}), ["entry 'pairs'", "file_name"]),
     ("file_name-empty", {}, info(pairs={**PAIRS, "file_name": ""}), ["entry 'pairs'", "file_name"]),
@@ -176,7 +181,10 @@ def test_at_least_thirty_bad_configs():
 
 
 @pytest.mark.parametrize(("changes", "files", "fragments"), [c[1:] for c in CONFIGS], ids=[c[0] for c in CONFIGS])
-def test_bad_config_gives_one_message_naming_the_key_or_file(base, changes, files, fragments):
+def test_bad_config_gives_one_message_naming_the_key_or_file(base, changes, files, fragments, monkeypatch,
+                                                             tmp_path):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-home"))  # hub entries: an empty cache, offline
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     _write(Path(base["dataset_dir"]), files)
     message = one_message({**base, **changes})
     for fragment in fragments:
@@ -274,6 +282,7 @@ SPECS = [
     ("scheduler-unknown", {"scheduler": {"type": "hyperband"}}, ["scheduler.type", "'hyperband'"]),
     ("scheduler-factor", {"scheduler": {"type": "asha", "reduction_factor": 1}}, ["scheduler.reduction_factor"]),
     ("name-with-slash", {"name": "my sweep/1"}, ["name", "'my sweep/1'"]),
+    ("tiny_model-number", {"tiny_model": 3}, ["tiny_model", "folder path", "3"]),
 ]
 
 

@@ -8,6 +8,7 @@ this module started, which takes down the node it owns. A user's own Ray on the 
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 import shutil
@@ -200,6 +201,13 @@ def test_job_submitted_sweep_is_recorded_in_mlflow(ray_head, tiny_model, tmp_pat
     parent = parents[0]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert len(children) == 2
+    # reference-cache tags in the store: the driver built the one cache (parent: miss, its build time);
+    # the sigmoid trial read it (hit, built nothing: 0 s), simpo is reference-free (off)
+    assert parent.data.tags["prefsweep.ref_cache"] == "miss"
+    assert float(parent.data.tags["prefsweep.ref_cache_build_s"]) > 0
+    cache_tags = {c.data.params["pref_loss"]: (c.data.tags.get("prefsweep.ref_cache"),
+                                               c.data.tags.get("prefsweep.ref_cache_build_s")) for c in children}
+    assert cache_tags == {"sigmoid": ("hit", "0.000"), "simpo": ("off", "0.000")}
     assert {c.data.params["pref_loss"] for c in children} == {"sigmoid", "simpo"}
     for child in children:
         assert child.info.status == "FINISHED"
@@ -273,3 +281,40 @@ def test_asha_stops_a_trial_early_on_the_demo_data(ray_head, tiny_model, tmp_pat
                 if "mlflow.parentRunId" in r.data.tags}
     assert statuses["trial_000_sigmoid_beta0.1"] == "FINISHED"
     assert statuses["trial_002_simpo_beta2.5_gamma0.5"] == "KILLED", statuses
+
+
+def test_demo_spec_submitted_from_a_fresh_checkout_after_make_demo(ray_head, tiny_model, tmp_path):
+    """The README's newcomer path: `make demo`, then `ray job submit --working-dir . -- python -m
+    rayjobs.sweep sweeps/demo.yaml`. Ray uploads no git-ignored file, so the job's working dir has no
+    models/tiny-llama; the driver builds the same tiny model there (sweep key `tiny_model`) and the trial
+    trains on it. Kept cheap with overrides a user could type: one trial of 2 steps."""
+    checkout = tmp_path / "checkout"
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
+                            text=True, check=True).stdout.split("\n")
+    for name in filter(None, listed):
+        if (REPO / name).is_file():
+            (checkout / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, checkout / name)
+    shutil.copytree(tiny_model, checkout / "models" / "tiny-llama")  # what `make demo` leaves behind
+    storage = tmp_path / "ray_results"
+    run = subprocess.run(
+        [str(BIN / "ray"), "job", "submit", "--working-dir", ".", "--", "python", "-m", "rayjobs.sweep",
+         "sweeps/demo.yaml", "num_samples=1", "space={pref_beta: {grid: [0.1]}}", "max_steps=2", "eval_steps=2",
+         f"storage_path={storage}"],
+        cwd=checkout, env=head_env_without_mlflow(ray_head), capture_output=True, text=True, timeout=400,
+    )
+    output = run.stdout + run.stderr
+    assert run.returncode == 0, output[-6000:]
+    assert "prefsweep: built the tiny model at" in output  # the upload did not carry the user's copy
+    assert "sweep 'demo' finished: 1 trials, 0 failed" in output
+    (trial,) = (storage / "demo").glob("trial_000_sigmoid_beta0.1")
+    reports = [json.loads(line) for line in (trial / "result.json").read_text().splitlines()]
+    losses = {r["step"]: r["loss"] for r in reports if "loss" in r}
+    # logged at step 2 (demo logging_steps), the mean of steps 1-2: the policy starts equal to its
+    # reference and warmup gives step 1 a learning rate of 0, so both losses are log 2
+    assert losses == pytest.approx({2: math.log(2)}, abs=1e-5)
+
+
+def head_env_without_mlflow(head: Head) -> dict:
+    """The client's environment as a newcomer has it: no MLflow settings (the job's default store)."""
+    return {k: v for k, v in head.env.items() if not k.startswith("MLFLOW_")}

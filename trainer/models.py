@@ -1,4 +1,4 @@
-"""Tokenizer, policy (full / LoRA / freeze) and reference model, loaded from local paths.
+"""Tokenizer, policy (full / LoRA / freeze) and reference model, from local folders or the hub cache.
 
 Reference, as LLaMA-Factory builds it: a separate `ref_model` if given; else the LoRA policy with its
 adapters disabled (no second copy); else, for full and freeze tuning, a frozen copy of the starting
@@ -19,35 +19,45 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from trainer.config import FinetuningArguments, ModelArguments
 from trainer.errors import ConfigError
+from trainer.model_source import resolve_model, trust_remote_code
+
+
+def _local_folder(name: str, model_args: ModelArguments, key: str) -> str:
+    """The model's local folder (a hub id through the hub cache); one ConfigError line when there is none."""
+    return resolve_model(name, revision=model_args.model_revision, cache_dir=model_args.cache_dir, key=key)
 
 
 def load_tokenizer(model_args: ModelArguments) -> PreTrainedTokenizerBase:
     """Right-padded tokenizer (the collator pads responses on the right, as LLaMA-Factory does)."""
-    tokenizer = AutoTokenizer.from_pretrained(
-        model_args.model_name_or_path,
-        revision=model_args.model_revision,
-        trust_remote_code=model_args.trust_remote_code,
-        cache_dir=model_args.cache_dir,
-        padding_side="right",
-    )
+    folder = _local_folder(model_args.model_name_or_path, model_args, "model_name_or_path")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            folder,
+            trust_remote_code=trust_remote_code(folder, model_args.trust_remote_code),
+            padding_side="right",
+        )
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"cannot load the tokenizer of {model_args.model_name_or_path!r} from {folder}: "
+                          f"{' '.join(str(err).split())[:300]}") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
-def load_causal_lm(path: str, model_args: ModelArguments, dtype: torch.dtype) -> PreTrainedModel:
+def load_causal_lm(path: str, model_args: ModelArguments, dtype: torch.dtype,
+                   key: str = "model_name_or_path") -> PreTrainedModel:
     """Load safetensors weights only (never pickle); dropout off, no KV cache."""
+    folder = _local_folder(path, model_args, key)
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            path,
-            revision=model_args.model_revision,
-            trust_remote_code=model_args.trust_remote_code,
-            cache_dir=model_args.cache_dir,
+            folder,
+            trust_remote_code=trust_remote_code(folder, model_args.trust_remote_code),
             dtype=dtype,
             use_safetensors=True,
         )
     except OSError as err:
-        raise ConfigError(f"cannot load model {path!r} (safetensors weights are required): {err}") from err
+        raise ConfigError(f"cannot load model {path!r} (safetensors weights are required): "
+                          f"{' '.join(str(err).split())[:300]}") from None
     model.config.use_cache = False
     disable_dropout(model)
     return model
@@ -158,7 +168,7 @@ def build_reference(
     if not training and not model_args.ref_model and ft.finetuning_type != "lora":
         return Reference("self")
     if model_args.ref_model:
-        ref = load_causal_lm(model_args.ref_model, model_args, dtype)
+        ref = load_causal_lm(model_args.ref_model, model_args, dtype, key="ref_model")
     elif ft.finetuning_type == "lora":
         return Reference("adapters_off")
     elif _zero3_enabled():

@@ -38,6 +38,10 @@ requested 32000). The rest is filled with regular added tokens `<|reserved_N|>`,
 CLI (called by the `prefsweep` dispatcher, argv without the subcommand name)::
 
     prefsweep make-tiny-model OUT --data FILE [--data FILE2] [--vocab-size N] [--seed S]
+        [--warmup DATASET [--warmup-dataset-dir DIR] [--warmup-skip N] [--warmup-steps N]]
+
+`--warmup` trains the random model briefly on a dataset's prompts and chosen answers
+(`trainer.tiny_warmup`), so a demo's DPO starts from log-probs that mean something.
 """
 
 from __future__ import annotations
@@ -224,6 +228,24 @@ def build_tiny_model(
     return out_dir
 
 
+DEMO_DATA = "data/dpo_en_demo.json"
+"""The demo pairs (relative to the checkout root) the default tiny model's tokenizer is trained on."""
+
+
+def ensure_tiny_model(out_dir: Path | str) -> bool:
+    """Build the default tiny model (`prefsweep make-tiny-model OUT`: DEMO_DATA, vocab 1024, seed 0, warmed up
+    on the demo pairs after the first 64) at
+    `out_dir` unless it already holds a model; True when it was built. Deterministic: the same files as
+    `make tiny-model` writes, so a job that cannot see the user's copy builds an equal one."""
+    if (Path(out_dir) / "config.json").is_file():
+        return False
+    from trainer.tiny_warmup import DEMO_WARMUP, warm_up_model_dir
+
+    build_tiny_model(out_dir, [Path(DEMO_DATA)])
+    warm_up_model_dir(out_dir, **DEMO_WARMUP)  # as `make tiny-model` (Makefile) warms it up
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     """`prefsweep make-tiny-model OUT --data FILE [--data FILE2] [--vocab-size N] [--seed S]`."""
     parser = argparse.ArgumentParser(
@@ -232,13 +254,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("out", type=Path, help="output directory (model + tokenizer)")
     parser.add_argument(
-        "--data", type=Path, action="append", required=True,
-        help="json / jsonl / text file whose strings train the tokenizer (repeatable)",
+        "--data", type=Path, action="append",
+        help=f"json / jsonl / text file whose strings train the tokenizer (repeatable; default {DEMO_DATA})",
     )
     parser.add_argument("--vocab-size", type=int, default=1024, help="tokenizer and embedding size (default 1024)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the random weights (default 0)")
+    from trainer import tiny_warmup
+
+    tiny_warmup.add_arguments(parser)
     args = parser.parse_args(argv)
-    out = build_tiny_model(args.out, args.data, vocab_size=args.vocab_size, seed=args.seed)
+    out = build_tiny_model(args.out, args.data or [Path(DEMO_DATA)], vocab_size=args.vocab_size, seed=args.seed)
+    tiny_warmup.run_from_args(out, args)
     print(out)
     return 0
 

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 from pathlib import Path
 from typing import Any
 
 from trainer.config.coerce import as_list
 from trainer.config.lf_compat import LF_ONLY_STAGES
+from trainer.config.lf_keys import check_lf_surface
 from trainer.config.schema import (
     FINETUNING_TYPES,
     SUPPORTED_STAGES,
@@ -22,6 +22,7 @@ from trainer.config.schema import (
 )
 from trainer.errors import ConfigError
 from trainer.losses.config_checks import check_losses
+from trainer.model_source import PINNED_REVISION
 
 
 def validate(cfg: TrainConfig) -> None:
@@ -84,7 +85,11 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"eval_strategy is {eval_strategy!r} but there is no eval_dataset and val_size is 0")
     if data.eval_dataset and data.val_size:
         raise ConfigError("val_size and eval_dataset are both set; use one way to get evaluation data")
+    from trainer.generation import validate_generation_keys
+
+    validate_generation_keys(cfg)
     _validate_ray(cfg.ray)
+    check_lf_surface(cfg)
     _validate_training(training)
     _validate_output_dir(cfg)
     try:
@@ -93,7 +98,6 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"invalid training arguments: {' '.join(str(err).split())}") from None  # one line
 
 
-PINNED_REVISION = re.compile(r"[0-9a-fA-F]{40}")
 
 
 def _validate_remote_code(model: ModelArguments) -> None:
@@ -103,6 +107,16 @@ def _validate_remote_code(model: ModelArguments) -> None:
     cannot. Local directories are held to the same rule: the sha records which reviewed commit they hold.
     """
     if model.trust_remote_code and not PINNED_REVISION.fullmatch(model.model_revision):
+        from trainer.model_source import check_remote_code, resolve_model
+
+        try:  # a model that ships no code (no auto_map) loads natively: one warning, no refusal
+            folder = resolve_model(model.model_name_or_path, revision=model.model_revision,
+                                   cache_dir=model.cache_dir)
+        except ConfigError:
+            folder = None  # not readable here: whether it ships code cannot be checked
+        if folder is not None:
+            check_remote_code(folder, model.model_revision, key="model_name_or_path", name=model.model_name_or_path)
+            return
         raise ConfigError(
             f"trust_remote_code is true but model_revision is {model.model_revision!r}, not a pinned commit: "
             f"remote code runs with your privileges, so add `model_revision: <the full 40-character commit "

@@ -1,6 +1,10 @@
-"""`dataset_info.json`: LLaMA-Factory's registry of local datasets, read into typed entries.
+"""`dataset_info.json`: LLaMA-Factory's registry of datasets, read into typed entries.
 
-Only local files are served (no hub). Column and tag names default to LLaMA-Factory's.
+An entry names local files (`file_name`: a file, a folder, or a glob, relative to dataset_dir) or a
+Hugging Face hub dataset (`hf_hub_url` with `subset`, `split`, `folder`, `revision`, through the hub
+cache: `trainer.data.hub_datasets`). `dataset_dir: REMOTE:<repo>` reads the `dataset_info.json` of a hub
+dataset repo. A `dataset` name that no `dataset_info.json` registers may be a TRL-format file, folder or
+hub id (`trainer.data.trl_source`). Column and tag names default to LLaMA-Factory's.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ from typing import Any
 
 from trainer.data.reading import data_files
 from trainer.errors import ConfigError, DataError
+
+REMOTE = "REMOTE:"
 
 DATASET_INFO = "dataset_info.json"
 FORMATTINGS = ("alpaca", "sharegpt")
@@ -55,8 +61,23 @@ class DatasetAttr:
     observation_tag: str = "observation"
     function_tag: str = "function_call"
     system_tag: str = "system"
-    # resolved absolute path of file_name
+    # hub datasets (hf_hub_url)
+    hub_url: str | None = None
+    subset: str | None = None
+    split: str = "train"
+    folder: str | None = None
+    revision: str | None = None
+    trl: bool = False
+    """A TRL-format dataset: rows are rewritten by `trl_format.to_sharegpt` before conversion."""
+    # resolved absolute path of file_name (a file, folder or glob), or the hub snapshot folder
     path: Path | None = None
+
+    @property
+    def label(self) -> str:
+        """How reports name the data: the file name, or the hub id with subset and split."""
+        if self.hub_url:
+            return ":".join(p for p in (self.hub_url, self.subset, self.split) if p)
+        return self.file_name
 
 
 def read_dataset_info(dataset_dir: str | Path) -> dict[str, dict[str, Any]]:
@@ -73,31 +94,74 @@ def read_dataset_info(dataset_dir: str | Path) -> dict[str, dict[str, Any]]:
     return info
 
 
-def get_dataset_attr(name: str, dataset_dir: str | Path) -> DatasetAttr:
-    """The validated entry for dataset `name`; raises ConfigError naming the file and the key."""
-    info_path = Path(dataset_dir) / DATASET_INFO
-    info = read_dataset_info(dataset_dir)
-    if name not in info:
-        import difflib
+def _info_dir(dataset_dir: str | Path) -> tuple[Path, str]:
+    """(folder holding dataset_info.json, how errors name that file); REMOTE:<repo> is a hub snapshot."""
+    text = str(dataset_dir)
+    if text.startswith(REMOTE):
+        from trainer.data.hub_datasets import snapshot
 
-        near = difflib.get_close_matches(name, list(info), n=1)
-        hint = f"; did you mean {near[0]!r}?" if near else f"; it has: {', '.join(sorted(info)) or 'nothing'}"
-        raise ConfigError(f"dataset {name!r} is not in {info_path}{hint}")
-    entry = info[name]
-    where = f"{info_path} entry {name!r}"
+        repo = text[len(REMOTE) :]
+        folder = snapshot(repo, revision=None, folder=None, what=f"dataset_dir {text!r}")
+        return folder, f"{DATASET_INFO} of hub dataset {repo!r}"
+    return Path(dataset_dir), str(Path(dataset_dir) / DATASET_INFO)
+
+
+def get_dataset_attr(name: str, dataset_dir: str | Path) -> DatasetAttr:
+    """The validated entry for dataset `name`, or a TRL-format path / hub id; ConfigError naming the key."""
+    info_dir, label = _info_dir(dataset_dir)
+    info_path = info_dir / DATASET_INFO
+    info = read_dataset_info(info_dir) if info_path.is_file() else None
+    if info is not None and name in info:
+        return _entry_attr(name, info[name], info_dir, where=f"{label} entry {name!r}")
+    from trainer.data.trl_source import trl_attr
+
+    attr = trl_attr(name, info_dir)
+    if attr is not None:
+        return attr
+    if info is None:
+        read_dataset_info(info_dir)  # raises: dataset_dir must hold dataset_info.json
+    import difflib
+
+    near = difflib.get_close_matches(name, list(info), n=1)
+    hint = f"; did you mean {near[0]!r}?" if near else f"; it has: {', '.join(sorted(info)) or 'nothing'}"
+    raise ConfigError(
+        f"dataset {name!r} is not in {label} nor a TRL-format file, folder or hub id{hint}"
+    )
+
+
+ENTRY_KEYS = {"file_name", "formatting", "ranking", "columns", "tags", "num_samples", "split", "subset",
+              "folder", "hf_hub_url", "ms_hub_url", "om_hub_url", "revision"}
+UNSUPPORTED_SOURCES = {
+    "ms_hub_url": "ModelScope hub datasets are not supported (prefsweep reads the Hugging Face hub)",
+    "om_hub_url": "Modelers (OpenMind) hub datasets are not supported (prefsweep reads the Hugging Face hub)",
+    "script_url": "dataset loading scripts are not supported (datasets 4 removed them)",
+    "cloud_file_name": "cloud files are not supported (copy the file and set file_name)",
+}
+
+
+def _entry_attr(name: str, entry: Any, info_dir: Path, *, where: str) -> DatasetAttr:
     if not isinstance(entry, dict):
         raise ConfigError(f"{where}: must be an object")
-    if "file_name" not in entry:
-        hub = [k for k in ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "cloud_file_name") if k in entry]
-        extra = f" ({hub[0]} is not supported offline; download it and point file_name at it)" if hub else ""
-        raise ConfigError(f"{where}: has no file_name{extra}")
-    known = {"file_name", "formatting", "ranking", "columns", "tags", "num_samples", "split", "subset", "folder"}
-    unknown = sorted(set(entry) - known)
+    if "file_name" not in entry and "hf_hub_url" not in entry:
+        other = [k for k in UNSUPPORTED_SOURCES if k in entry]
+        if other:
+            raise ConfigError(f"{where}: {other[0]}: {UNSUPPORTED_SOURCES[other[0]]}; add an hf_hub_url, or "
+                              f"download the data and point file_name at it")
+        raise ConfigError(f"{where}: has no file_name (or hf_hub_url)")
+    unknown = sorted(set(entry) - ENTRY_KEYS)
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; valid keys are {sorted(known)}")
-    if not isinstance(entry["file_name"], str) or not entry["file_name"].strip():
-        raise ConfigError(f"{where}: file_name must be a file or folder name, got {entry['file_name']!r}")
-    attr = DatasetAttr(name=name, file_name=entry["file_name"])
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; valid keys are {sorted(ENTRY_KEYS)}")
+    for key in ("hf_hub_url", "subset", "split", "folder", "revision"):
+        if key in entry and entry[key] is not None and (not isinstance(entry[key], str) or not entry[key].strip()):
+            raise ConfigError(f"{where}: {key} must be a non-empty string, got {entry[key]!r}")
+    if "hf_hub_url" in entry:
+        attr = DatasetAttr(name=name, file_name=entry["hf_hub_url"], hub_url=entry["hf_hub_url"])
+    else:
+        if not isinstance(entry["file_name"], str) or not entry["file_name"].strip():
+            raise ConfigError(f"{where}: file_name must be a file or folder name, got {entry['file_name']!r}")
+        attr = DatasetAttr(name=name, file_name=entry["file_name"])
+    attr.subset, attr.folder, attr.revision = entry.get("subset"), entry.get("folder"), entry.get("revision")
+    attr.split = entry.get("split") or "train"
     formatting = entry.get("formatting", "alpaca")
     if formatting not in FORMATTINGS:
         raise ConfigError(f"{where}: formatting {formatting!r} is not supported; use one of {list(FORMATTINGS)}")
@@ -124,17 +188,34 @@ def get_dataset_attr(name: str, dataset_dir: str | Path) -> DatasetAttr:
             if value is not None and not isinstance(value, str):
                 raise ConfigError(f"{where}: {group}.{key} must be a column name string, got {value!r}")
             setattr(attr, key, value)
-    path = Path(dataset_dir) / attr.file_name
-    if not path.exists():
-        raise ConfigError(f"{where}: file_name {attr.file_name!r} not found at {path}")
-    attr.path = path.resolve()
-    try:  # an empty folder, mixed or unsupported file types: a config mistake, caught before loading
-        data_files(attr.path)
-    except DataError as err:
-        raise ConfigError(f"{where}: file_name {attr.file_name!r}: {err}") from None
-    except OSError as err:
-        raise ConfigError(f"{where}: file_name {attr.file_name!r} cannot be read: {err}") from None
+    if attr.hub_url:
+        from trainer.data.hub_datasets import check_layout, snapshot
+
+        attr.path = snapshot(attr.hub_url, revision=attr.revision, folder=attr.folder,
+                             what=f"{where}: hf_hub_url")
+        check_layout(attr.path, subset=attr.subset, split=attr.split, folder=attr.folder, where=where)
+        return attr
+    attr.path = local_data_path(info_dir, attr.file_name, where=f"{where}: file_name {attr.file_name!r}")
     return attr
+
+
+def local_data_path(base: Path, file_name: str, *, where: str) -> Path:
+    """`base / file_name` (a file, a folder or a glob) checked to hold data files of one supported type."""
+    path = base / file_name
+    if not has_magic(file_name) and not path.exists():
+        raise ConfigError(f"{where} not found at {path}")
+    path = path.resolve() if not has_magic(file_name) else base.resolve() / file_name
+    try:  # an empty folder, mixed or unsupported file types: a config mistake, caught before loading
+        data_files(path)
+    except DataError as err:
+        raise ConfigError(f"{where}: {err}") from None
+    except OSError as err:
+        raise ConfigError(f"{where} cannot be read: {err}") from None
+    return path
+
+
+def has_magic(name: str) -> bool:
+    return any(c in name for c in "*?[")
 
 
 def attr_fields() -> list[str]:

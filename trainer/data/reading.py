@@ -1,8 +1,9 @@
 """Local data files -> raw records, one per row, each with the location a user can find it by.
 
 Formats (by extension, as LLaMA-Factory): `.json` (a list of objects, an object of columns, or JSON
-Lines), `.jsonl`, `.parquet`, `.csv` (read by pandas, as `datasets` does: empty cells are missing). A
-`file_name` naming a folder reads every file in it, in sorted name order, all of one type.
+Lines), `.jsonl`, `.parquet`, `.arrow` (the Arrow stream files `datasets` writes), `.csv` (read by
+pandas, as `datasets` does: empty cells are missing). A `file_name` naming a folder reads every file in
+it, a glob (`shards/*.jsonl`) every file it matches, in sorted name order, all of one type.
 
 Rows are read one by one so that one bad row never hides the others: an unparsable JSON Lines line or
 bytes that are not UTF-8 become an `Unreadable` record for the converter to count, not an exception.
@@ -23,7 +24,7 @@ from typing import Any
 
 from trainer.errors import DataError
 
-FILE_TYPES = ("json", "jsonl", "parquet", "csv")
+FILE_TYPES = ("json", "jsonl", "parquet", "arrow", "csv")
 
 
 @dataclass(frozen=True)
@@ -35,12 +36,18 @@ class Unreadable:
 
 
 def data_files(path: Path) -> list[Path]:
-    """The files behind a dataset's `file_name` (a file, or every file of a folder), all of one type."""
-    files = (
-        sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
-        if path.is_dir()
-        else [path]
-    )
+    """The files behind a dataset's `file_name` (a file, every file of a folder, or a glob's matches), all
+    of one type."""
+    if _is_glob(path):
+        files = sorted(p for p in Path(path.anchor).glob(str(path.relative_to(path.anchor))) if p.is_file())
+        if not files:
+            raise DataError(f"{path}: the pattern matches no file")
+    else:
+        files = (
+            sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+            if path.is_dir()
+            else [path]
+        )
     if not files:
         raise DataError(f"{path}: the folder holds no data files")
     types = {p.suffix.lstrip(".").lower() for p in files}
@@ -52,13 +59,17 @@ def data_files(path: Path) -> list[Path]:
     return files
 
 
+def _is_glob(path: Path) -> bool:
+    return any(c in path.name or c in str(path.parent) for c in "*?[")
+
+
 def read_records(path: Path) -> list[tuple[str, Any]]:
     """(row location, record) for every row of the dataset at `path`; a record is a dict, or any other
     JSON value (the converter rejects it), or `Unreadable`."""
     files = data_files(path)
     records = []
     for file in files:
-        prefix = f"{file.name}:" if path.is_dir() else ""
+        prefix = f"{file.name}:" if path.is_dir() or _is_glob(path) else ""
         for i, record in enumerate(_read_file(file)):
             records.append((f"{prefix}{i}", record))
     return records
@@ -77,7 +88,24 @@ def _read_file(file: Path) -> list[Any]:
             return pq.read_table(file).to_pylist()
         except Exception as err:  # pyarrow raises several types for a damaged file
             raise DataError(f"{file}: cannot be read as parquet: {err}") from err
+    if kind == "arrow":
+        return _arrow(file)
     return _csv(file)
+
+
+def _arrow(file: Path) -> list[Any]:
+    import pyarrow as pa
+
+    try:
+        with pa.memory_map(str(file)) as source:
+            try:
+                table = pa.ipc.open_stream(source).read_all()  # what `datasets` writes
+            except pa.ArrowInvalid:
+                source.seek(0)
+                table = pa.ipc.open_file(source).read_all()
+    except Exception as err:  # pyarrow raises several types for a damaged file
+        raise DataError(f"{file}: cannot be read as an Arrow file: {err}") from err
+    return table.to_pylist()
 
 
 def _json_lines(data: bytes) -> list[Any]:

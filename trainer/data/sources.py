@@ -1,4 +1,5 @@
-"""One dataset of `dataset_info.json` -> a `datasets.Dataset` of normalized rows, bad rows marked and reported.
+"""One dataset (a `dataset_info.json` entry, a TRL-format path or hub id) -> a `datasets.Dataset` of normalized
+rows, bad rows marked and reported.
 
 Bad rows stay in the dataset (column `_skip` holds the reason, "" for good rows) until after the
 `val_size` split, so the split draws from the same rows as LLaMA-Factory's (which splits before its
@@ -19,9 +20,11 @@ from typing import Any
 import datasets
 import numpy as np
 
+from trainer.data import hub_datasets
 from trainer.data.conversion import BadRow, convert_record
 from trainer.data.dataset_info import DatasetAttr, get_dataset_attr
 from trainer.data.reading import Unreadable, read_records
+from trainer.data.trl_format import to_sharegpt
 from trainer.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -74,6 +77,14 @@ class Source:
 def check_stage(attr: DatasetAttr, stage: str) -> None:
     """Dataset kinds each stage takes, as LLaMA-Factory (`_get_merged_dataset`): dpo pairs, kto tags."""
     where = f"dataset {attr.name!r}"
+    if attr.trl:
+        kind = "preference pairs (chosen/rejected)" if attr.ranking else "unpaired KTO rows (completion/label)"
+        needed = {"dpo": True, "kto": False}.get(stage)
+        if needed is not None and attr.ranking != needed:
+            wants = "preference pairs" if needed else "unpaired rows (prompt, completion, label)"
+            raise ConfigError(f"{where} holds TRL {kind}, but stage {stage} needs {wants}")
+        if needed is not None:
+            return
     if stage == "dpo":
         if not attr.ranking:
             raise ConfigError(
@@ -117,13 +128,16 @@ def load_source(
     """Read, convert and report one dataset; raises DataError when it has no usable row."""
     attr = get_dataset_attr(name, dataset_dir)
     check_stage(attr, stage)
-    records = read_records(attr.path)
+    if attr.hub_url:
+        records = hub_datasets.read_records(attr.path, subset=attr.subset, split=attr.split, folder=attr.folder)
+    else:
+        records = read_records(attr.path)
     if attr.num_samples is not None:
         records = _sample(records, attr.num_samples, rng)
     if max_samples is not None:  # the first N rows, good or bad, as LF
         records = records[:max_samples]
 
-    source_label = f"{name} ({attr.file_name})"
+    source_label = f"{name} ({attr.label})" if attr.label != name else name
     rows: list[dict[str, Any]] = []
     skipped: Counter = Counter()
     bad_rows: dict[str, list[str]] = {}
@@ -131,6 +145,8 @@ def load_source(
         try:
             if isinstance(record, Unreadable):
                 raise BadRow(record.reason, record.detail)
+            if attr.trl:
+                record = to_sharegpt(record, ranking=attr.ranking)
             row = {**convert_record(record, attr), "_skip": ""}
         except BadRow as bad:
             if strict:
