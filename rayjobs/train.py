@@ -57,9 +57,10 @@ def absolute_paths(cfg: TrainConfig, base: Path | None = None) -> dict[str, Any]
         path = Path(value).expanduser()
         return str(path if path.is_absolute() else base / path)
 
+    remote = cfg.data.dataset_dir.startswith("REMOTE:")  # a hub repo, not a path
     fixed: dict[str, Any] = {
         "output_dir": absolute(str(cfg.output_dir)),
-        "dataset_dir": absolute(cfg.data.dataset_dir),
+        "dataset_dir": cfg.data.dataset_dir if remote else absolute(cfg.data.dataset_dir),
     }
     for key in ("model_name_or_path", "ref_model"):
         value = getattr(cfg.model, key)
