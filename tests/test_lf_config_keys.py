@@ -26,6 +26,7 @@ from trainer.config.lf_keys import (
     LF_TRAINING_EXTRAS,
     MAPPED,
     REFUSED,
+    map_lf_keys,
     render_docs,
 )
 from trainer.config.parsing import training_fields
@@ -96,6 +97,17 @@ def one_line(raw: dict) -> str:
 def test_refused_key_names_itself_and_why(base, key, value, fragment):
     message = one_line({**base, key: value})
     assert message.startswith(f"{key}: {value!r} is not supported by prefsweep: ") and fragment in message
+
+
+def test_every_refused_key_is_one_line_naming_it():
+    """A value other than LF's default (a string no key takes by default) for each refused key."""
+    for key in list(REFUSED) + list(LF_TRAINING_EXTRAS):
+        if isinstance(REFUSED.get(key, (None,))[0], frozenset):
+            continue  # accepted either way
+        with pytest.raises(ConfigError) as err:
+            map_lf_keys({key: "surely-not-default"})
+        message = str(err.value)
+        assert message.startswith(f"{key}: 'surely-not-default' is not supported by prefsweep: ") and "\n" not in message
 
 
 def test_refused_keys_at_their_lf_default_parse(base):
