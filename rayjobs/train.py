@@ -20,18 +20,17 @@ Hugging Face's Trainer inside each worker.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
-import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rayjobs.train_loop import TrainLoop
 from trainer.config import TrainConfig, load_config, with_overrides
 from trainer.errors import ConfigError
+from trainer.losses import loss_help
 from trainer.model_source import check_models
 
 REPORT_POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
@@ -66,6 +65,9 @@ def absolute_paths(cfg: TrainConfig, base: Path | None = None) -> dict[str, Any]
         value = getattr(cfg.model, key)
         if value and Path(absolute(value)).exists():
             fixed[key] = absolute(value)
+    reward_model = getattr(cfg.finetuning, "eval_reward_model", None)
+    if reward_model and Path(absolute(reward_model)).exists():  # else a hub id
+        fixed["eval_reward_model"] = absolute(reward_model)
     if cfg.model.cache_dir:
         fixed["cache_dir"] = absolute(cfg.model.cache_dir)
     if getattr(cfg.finetuning, "ref_cache_dir", None):
@@ -104,28 +106,6 @@ def prepare_config(source: str | Path | dict, overrides: Sequence[str] | dict = 
     cfg = with_overrides(cfg, absolute_paths(cfg))
     check_models(cfg.model)  # a wrong path or an uncached hub id: one line here, before any worker starts
     return cfg
-
-
-@dataclass
-class TrainLoop:
-    """What each Ray Train worker is handed (`train_loop_config={"loop": TrainLoop}`): the parsed config
-    and how to run it. Pickled to the workers as it is; they never re-read or re-parse the YAML."""
-
-    config: TrainConfig
-    """The run's validated config, local paths absolute (see `prepare_config`)."""
-    invocation: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex)
-    """Id of this `fit()`: workers resume only from checkpoints it wrote (see `rayjobs.worker`)."""
-    progress: bool = False
-    """Rank 0 draws a Ray progress bar."""
-    name: str | None = None
-    """The progress bar's label (default: the output dir's name)."""
-    metric: str | None = None
-    """A sweep's metric, reported first at every step (see `rayjobs.worker.RayReportCallback`)."""
-    tracking: dict | None = None
-    """Keyword arguments of `rayjobs.tracking.MlflowLoggingCallback` but `config`, or None: no MLflow."""
-    callbacks: list = dataclasses.field(default_factory=list)
-    """Factories `f(world_rank) -> TrainerCallback | None` each worker adds (picklable; tests install
-    fault injection this way)."""
 
 
 # ----------------------------------------------------------------------------------------- driver
@@ -217,7 +197,8 @@ def tracking_args(*, run_name: str, experiment_id: str | None, parent_run_id: st
                   log_model: bool = False) -> dict:
     """Plain keyword arguments for the workers' MLflow callback (store, experiment and tags resolved
     here, where `MLFLOW_*` are set; `experiment_id` None: the store was down, rank 0 resolves the name)."""
-    from rayjobs import mlflow_store, mlflow_tags
+    from rayjobs.tracking import store as mlflow_store
+    from rayjobs.tracking import tags as mlflow_tags
 
     return {
         "tracking_uri": mlflow_store.tracking_uri(),
@@ -241,7 +222,7 @@ def run(source: str | Path | dict, overrides: Sequence[str] = (), *, log_model: 
         ensure_ray(init_kwargs=cfg.ray.init_kwargs)  # before the MLflow tags, which record the Ray job id
     tracking = None
     if track:
-        from rayjobs.mlflow_store import try_ensure_experiment
+        from rayjobs.tracking.store import try_ensure_experiment
 
         tracking = tracking_args(run_name=run_name, experiment_id=try_ensure_experiment(), log_model=log_model)
     if not cfg.use_ray:
@@ -267,7 +248,7 @@ def _run_in_process(cfg: TrainConfig, tracking: dict | None) -> dict[str, float]
 
     tracker = None
     if tracking is not None:
-        from rayjobs.tracking import MlflowLoggingCallback
+        from rayjobs.tracking.callback import MlflowLoggingCallback
 
         tracker = MlflowLoggingCallback(**tracking, config=cfg.to_flat_dict())
     result = None
@@ -292,7 +273,7 @@ def _print_summary(cfg: TrainConfig, metrics: dict[str, float], *, tracked: bool
     for key in sorted(shown):
         print(f"  {key:32s} {shown[key]:.4f}")
     if tracked:
-        from rayjobs import mlflow_store
+        from rayjobs.tracking import store as mlflow_store
 
         print(f"MLflow: {mlflow_store.ui_command()}")
 
@@ -302,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="prefsweep train",
         description="Train one preference run from a LLaMA-Factory-style YAML, through Ray Train "
         "(use_ray=false: in this process). Starts a local Ray unless RAY_ADDRESS is set.",
+        epilog=loss_help(), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("config", help="training config YAML")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",

@@ -76,6 +76,14 @@ DATASET_INFO = {
 PAIRWISE_DATASETS = "pairs_sharegpt,demo,pairs_alpaca"
 KTO_DATASET = "kto"
 
+# Golden keys are `NAME` (LF's defaults) or `NAME/VARIANT` with these LF data options: `nothink` for every
+# reasoning template, the others for the one template named.
+VARIANTS = {
+    "nothink": (None, {"enable_thinking": False}),
+    "preserve": ("qwen3", {"preserve_thinking": True}),
+    "default_system": ("qwen", {"default_system": "Be kind."}),
+}
+
 # Templates checked on each real tokenizer: those of its model family (name prefixes).
 FAMILIES = {
     "qwen3": ("qwen", "chatml"),
@@ -84,8 +92,11 @@ FAMILIES = {
 }
 
 
+OTHER_GENERATION = ("gemma4", "gemma4n", "llama4")  # their models ship another vocabulary
+
+
 def family_templates(tokenizer: str, names: list[str]) -> list[str]:
-    return [name for name in names if name.startswith(FAMILIES[tokenizer])]
+    return [name for name in names if name.startswith(FAMILIES[tokenizer]) and name not in OTHER_GENERATION]
 
 
 def write_data(root: Path) -> Path:
@@ -112,3 +123,24 @@ def build_tiny_tokenizer(root: Path, data: Path) -> Path:
     files = [data / n for n in ("corpus.json", "pairs_sharegpt.json", "demo.json", "pairs_alpaca.json", "kto.json")]
     return build_tiny_model(root / "tiny", files, vocab_size=1024, seed=0, hidden_size=8, intermediate_size=8,
                             num_hidden_layers=1, num_attention_heads=1, num_key_value_heads=1)
+
+
+_LOADED: dict[Path, tuple] = {}
+
+
+def fresh_tokenizer(path: Path):
+    """The tokenizer at `path` as loaded. Loading a real one takes seconds, so one copy per process is kept
+    and put back (eos, pad, chat template, extra special tokens) on each call; one whose vocabulary a
+    template grew is loaded anew."""
+    from transformers import AutoTokenizer
+
+    cached = _LOADED.get(path)
+    if cached is not None and len(cached[0]) == cached[1][2]:
+        tok, (eos, pad, _, chat_template, extra) = cached
+        tok.eos_token, tok.pad_token, tok.chat_template = eos, pad, chat_template
+        tok.extra_special_tokens = list(extra)
+        return tok
+    tok = AutoTokenizer.from_pretrained(path, padding_side="right")
+    state = (tok.eos_token, tok.pad_token, len(tok), tok.chat_template, list(tok.extra_special_tokens))
+    _LOADED[path] = (tok, state)
+    return tok

@@ -103,7 +103,7 @@ def test_kto_stage_uses_kto_loss(base):
         (["pref_loss=sigmod"], "pref_loss: "),
         (["pref_beta=abc"], "pref_beta: expected a number, got 'abc'"),
         (["finetuning_type=qlora"], "finetuning_type 'qlora' is not one of"),
-        (["template=llama5"], "template 'llama5' is unknown"),
+        (["template=llama3.1"], "template 'llama3.1' is unknown; did you mean 'llama3'"),
         (["eval_strategy=steps"], "eval_strategy is 'steps' but there is no eval_dataset and val_size is 0"),
         (["kto_chosen_weight=0"], "kto_chosen_weight must be > 0"),
         (["val_size=1.5"], "val_size must be a fraction in [0, 1) or a whole count"),

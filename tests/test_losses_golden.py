@@ -159,3 +159,62 @@ def test_good_loss_configs_resolve(data_info):
     assert load_config(base(data_info, pref_loss="simpo", gamma_beta_ratio=0.3)).finetuning.simpo_gamma is None
     tr = load_config(base(data_info, finetuning_type="full", sync_ref_model=True, ref_model_sync_steps=2))
     assert tr.finetuning.sync_ref_model and tr.finetuning.ref_model_sync_steps == 2
+
+
+# ---------------------------------------------------------------- modifier inputs
+
+
+def test_ld_weighted_logps_by_hand():
+    """Chosen has 3 response tokens (-1, -2, -3), rejected 2 (-4, -5), after a prompt position (0 there):
+    shared length 2, so chosen = -1 - 2 + alpha * -3 and rejected = -4 - 5; alpha = 0.5 -> -4.5, -9."""
+    from trainer.losses import ld_weighted_logps
+
+    per_token = t(0, -1, -2, -3), t(0, -4, -5, 0)
+    mask = torch.tensor([[False, True, True, True], [False, True, True, False]])
+    out = ld_weighted_logps(torch.stack(per_token), mask, 0.5)
+    assert_close(out, t(-4.5, -9.0))
+    assert_close(ld_weighted_logps(torch.stack(per_token), mask, 1.0), t(-6.0, -9.0))
+    with pytest.raises(ValueError, match="ld_alpha"):
+        ld_weighted_logps(torch.stack(per_token), mask, 1.5)
+
+
+@pytest.mark.parametrize("lean", [False, True])
+def test_log_sum_sq_and_per_token_from_both_logps_paths(lean):
+    """log sum_v p_v^2 per response position, summed per row, equals the direct float64 computation; per_token
+    sums to `sum` and is 0 off the response (both the logits path and the lean LM-head path)."""
+    from trainer.lean_head import hidden_logps
+    from trainer.logps import IGNORE_INDEX, response_mask, sequence_logps
+
+    g = torch.Generator().manual_seed(0)
+    hidden, weight = torch.randn(2, 5, 4, generator=g, dtype=torch.float64), torch.randn(11, 4, generator=g,
+                                                                                          dtype=torch.float64)
+    labels = torch.randint(0, 11, (2, 5), generator=g)
+    labels[0, :2] = IGNORE_INDEX
+    labels[1, :1] = IGNORE_INDEX
+    labels[1, 4] = IGNORE_INDEX
+    logits = hidden @ weight.T
+    if lean:
+        out = hidden_logps(hidden, weight, labels, chunk_size=2, vocab_chunk_size=3, log_sum_sq=True)
+    else:
+        out = sequence_logps(logits, labels, chunk_size=2, log_sum_sq=True)
+    probs = torch.softmax(logits, dim=-1)
+    mask = response_mask(labels)
+    expected = (torch.log((probs ** 2).sum(-1)) * mask).sum(-1)
+    assert_close(out.log_sum_sq, expected)
+    assert_close(out.per_token.sum(-1), out.sum)
+    assert (out.per_token[~mask] == 0).all() and (out.per_token[mask] < 0).all()
+
+
+def test_train_help_lists_every_loss_and_modifier(capsys):
+    """`prefsweep train --help` is generated from the registry: one line per loss, one per modifier."""
+    from rayjobs.train import main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    lines = capsys.readouterr().out.splitlines()
+    for name in LOSSES:
+        assert any(line.split()[:1] == [name] for line in lines), name
+    from trainer.losses import MODIFIERS
+
+    for key in MODIFIERS:
+        assert any(line.split()[:1] == [key] for line in lines), key

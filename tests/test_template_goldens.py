@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
-from transformers import AutoTokenizer
 
 from tests.template_cases import (
     CUTOFF_LEN,
@@ -24,7 +22,10 @@ from tests.template_cases import (
     KTO_DATASET,
     PAIRWISE_DATASETS,
     SHARED_TOKENIZERS,
+    VARIANTS,
     build_tiny_tokenizer,
+    family_templates,
+    fresh_tokenizer,
     write_data,
 )
 from trainer.data.encoding import IGNORE_INDEX, FeedbackEncoder, PairwiseEncoder
@@ -44,10 +45,14 @@ CASES = [(tok, key) for tok, goldens in GOLDEN.items() for key in sorted(goldens
 def test_goldens_cover_every_template():
     """The tiny goldens hold every registered template, and reasoning ones with thinking off too."""
     reasoning = [name for name, entry in TEMPLATES.items() if entry.thinking is not None]
-    assert sorted(GOLDEN["tiny"]) == sorted([*TEMPLATES, *(f"{n}/nothink" for n in reasoning)])
+    variants = ["qwen3/preserve", "qwen/default_system"]
+    assert sorted(GOLDEN["tiny"]) == sorted([*TEMPLATES, *(f"{n}/nothink" for n in reasoning), *variants])
     assert len(TEMPLATES) == 121 and len(reasoning) == 25
+    for tokenizer in ("qwen3", "llama3.1", "gemma3"):
+        assert sorted({key.split("/")[0] for key in GOLDEN[tokenizer]}) == family_templates(tokenizer, sorted(TEMPLATES))
+    assert set(variants) <= set(GOLDEN["qwen3"])
     assert {"qwen3", "qwen3_nothink", "qwen3_5", "qwen2_vl"} <= set(GOLDEN["qwen3"])
-    assert {"llama3", "llama4", "mllama"} <= set(GOLDEN["llama3.1"])
+    assert {"llama3", "mllama", "llava_next_llama3"} <= set(GOLDEN["llama3.1"])
     assert {"gemma", "gemma2", "gemma3", "gemma3n"} <= set(GOLDEN["gemma3"])
 
 
@@ -68,24 +73,6 @@ def inputs(tmp_path_factory) -> dict:
     dirs = {"tiny": build_tiny_tokenizer(root, data)}
     dirs.update({name: SHARED_TOKENIZERS / name for name in ("qwen3", "llama3.1", "gemma3")})
     return {"dirs": dirs, "batches": batches}
-
-
-_LOADED: dict[Path, tuple] = {}
-
-
-def fresh_tokenizer(path: Path):
-    """The tokenizer at `path` as loaded. Loading a real one takes seconds, so one copy is kept and put back
-    (eos, pad, chat template) after each use; a template that grew the vocabulary makes it load anew."""
-    cached = _LOADED.get(path)
-    if cached is not None and len(cached[0]) == cached[1][2]:
-        tok, (eos, pad, _, chat_template, extra) = cached
-        tok.eos_token, tok.pad_token, tok.chat_template = eos, pad, chat_template
-        tok.extra_special_tokens = list(extra)
-        return tok
-    tok = AutoTokenizer.from_pretrained(path, padding_side="right")
-    state = (tok.eos_token, tok.pad_token, len(tok), tok.chat_template, list(tok.extra_special_tokens))
-    _LOADED[path] = (tok, state)
-    return tok
 
 
 def compact_pairs(columns: dict) -> list[list[list[int]]]:
@@ -119,9 +106,9 @@ def test_template_equals_llamafactory(inputs, tokenizer, key):
     if not path.exists():
         pytest.skip(f"{path} is absent (the shared real tokenizers are only in the dev setting)")
     golden = GOLDEN[tokenizer][key]
-    name, _, mode = key.partition("/")
+    name, _, variant = key.partition("/")
     tok = fresh_tokenizer(path)
-    template = get_template_and_fix_tokenizer(tok, name, enable_thinking=mode != "nothink")
+    template = get_template_and_fix_tokenizer(tok, name, **(VARIANTS[variant][1] if variant else {}))
     pairs = PairwiseEncoder(template=template, tokenizer=tok, cutoff_len=CUTOFF_LEN)(inputs["batches"]["dpo"])
     kto = FeedbackEncoder(template=template, tokenizer=tok, cutoff_len=CUTOFF_LEN)(inputs["batches"]["kto"])
     assert compact_pairs(pairs) == golden["pairs"]

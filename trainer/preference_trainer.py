@@ -155,9 +155,12 @@ class PreferenceTrainer(Trainer):
                 reference.model.to(self.args.device)
         if self.is_deepspeed_enabled:
             load_deepspeed_checkpoints_weights_only()  # resume: no unpickling of DeepSpeed's files
-        if ref_sync is not None:
+        if ref_sync is not None and reference.kind != "self":  # "self": evaluation only, nothing moves
             if reference.model is None:
                 raise ValueError(f"sync_ref_model needs a separate reference model, but the reference is {reference.kind}")
+            if self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3:
+                raise ValueError("sync_ref_model with DeepSpeed ZeRO-3 is not supported (partitioned weights); "
+                                 "use ZeRO-1/2")
             self.add_callback(ReferenceSyncCallback(self, *ref_sync))
 
     # ---- forward passes -------------------------------------------------------------------------
@@ -200,9 +203,6 @@ class PreferenceTrainer(Trainer):
         self.reference_forwards += examples
         batch = (inputs[f"{prefix}input_ids"], inputs[f"{prefix}attention_mask"], inputs[f"{prefix}labels"])
         return self._reference_logps(model, *batch)
-
-    def _reduced(self, logps: SequenceLogps) -> Tensor:
-        return logps.mean if self.loss.averages_logps else logps.sum
 
     # ---- losses ---------------------------------------------------------------------------------
 

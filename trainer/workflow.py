@@ -17,7 +17,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback, set_seed
 
-from trainer.config import RESOLVED_CONFIG_NAME, TrainConfig, resolve_resume
+from trainer.config import REF_CACHE_NAME, RESOLVED_CONFIG_NAME, TrainConfig, resolve_resume
 from trainer.data import load_preference_data, make_collator
 from trainer.losses import get_loss
 from trainer.models import build_reference, compute_dtype, load_policy, load_tokenizer
@@ -26,9 +26,8 @@ from trainer.preference_trainer import PreferenceTrainer, loss_kwargs
 from trainer.ref_cache import CacheInfo, attach, prepare
 
 logger = logging.getLogger("prefsweep")
-# CacheInfo of the run plus its MLflow tags, for the tracking side; rewritten at the end with
-# run_reference_forwards (RunResult.reference_forwards of rank 0).
-REF_CACHE_NAME = "ref_cache.json"
+# REF_CACHE_NAME holds the CacheInfo of the run plus its MLflow tags, for the tracking side; rewritten at
+# the end with run_reference_forwards (RunResult.reference_forwards of rank 0).
 TRAINER_STATE_NAME = "trainer_state.json"
 
 
@@ -158,6 +157,8 @@ def run_training(cfg: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) ->
         result.metrics.update(eval_metrics)
         if args.do_train:
             save_state(trainer)  # the final evaluation joins log_history
+    if cfg.finetuning.eval_generate and trainer.eval_dataset is not None:
+        generate_and_log(trainer, cfg, result)
     result.log_history = list(trainer.state.log_history)
     result.reference_forwards = cache.reference_forwards + trainer.reference_forwards
     if trainer.is_world_process_zero():  # rank 0's count; through Ray Train this file is how it gets out
@@ -169,3 +170,20 @@ def run_training(cfg: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) ->
         if facts["skipped"]:
             logger.warning("skipped rows: %s", json.dumps(facts["skipped"]))
     return result
+
+
+def generate_and_log(trainer: PreferenceTrainer, cfg: TrainConfig, result: RunResult) -> None:
+    """Eval generations (`trainer.generation`): their metrics go through `trainer.log` (callbacks: Ray,
+    MLflow) into `generate_results.json`; rank 0 writes the rows to `generations.json` for the table."""
+    from trainer import generation
+
+    settings = generation.SamplingSettings(max_new_tokens=cfg.finetuning.eval_generate_max_new_tokens)
+    rows, metrics = generation.evaluate_generations(trainer, cfg, settings)
+    trainer.log(dict(metrics))
+    save_metrics(trainer, "generate", metrics)
+    result.metrics.update(metrics)
+    if trainer.is_world_process_zero():
+        record = generation.generations_record(rows, metrics, settings)
+        write_atomic(Path(trainer.args.output_dir) / generation.GENERATIONS_NAME, json.dumps(record, indent=1))
+    if trainer.args.do_train:
+        save_state(trainer)  # the generation metrics join log_history

@@ -20,6 +20,9 @@ from trainer.losses.config_checks import combined_name
 SUPPORTED_STAGES = ("dpo", "kto")
 FINETUNING_TYPES = ("full", "lora", "freeze")
 RESOLVED_CONFIG_NAME = "resolved_config.yaml"
+"""Written into output_dir by every run: the config it ran, as flat YAML."""
+REF_CACHE_NAME = "ref_cache.json"
+"""Written into output_dir by every run: what happened to its reference cache, with the MLflow tags."""
 
 
 @dataclass
@@ -138,6 +141,12 @@ class FinetuningArguments:
     """Reference log-prob cache: auto reads one that exists for this run's key (a sweep builds it before its trials), always builds or reuses one before training, never runs the reference every step."""
     ref_cache_dir: str | None = None
     """Root of the reference log-prob cache (a filesystem path); default <ray.storage_path>/ref_cache, else ~/.cache/prefsweep/ref_cache."""
+    eval_generate: int = 0
+    """At the end of training, sample answers to the first N eval prompts from the policy and the reference (seeded, fixed settings; `trainer.generation`); 0: off."""
+    eval_generate_max_new_tokens: int = 48
+    """Most new tokens per generated answer."""
+    eval_reward_model: str | None = None
+    """Sequence-classification reward model (path or hub id) that scores the generations: eval_reward/mean, eval_reward/win_rate_vs_ref."""
 
     @property
     def loss_name(self) -> str:

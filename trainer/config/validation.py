@@ -85,6 +85,9 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"eval_strategy is {eval_strategy!r} but there is no eval_dataset and val_size is 0")
     if data.eval_dataset and data.val_size:
         raise ConfigError("val_size and eval_dataset are both set; use one way to get evaluation data")
+    from trainer.generation import validate_generation_keys
+
+    validate_generation_keys(cfg)
     _validate_ray(cfg.ray)
     check_lf_surface(cfg)
     _validate_training(training)

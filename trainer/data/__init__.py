@@ -49,13 +49,26 @@ def load_preference_data(
     labels; stage "kto" takes datasets with a `kto_tag` column and yields input_ids, attention_mask,
     labels, their `kl_` counterparts and kto_tags. `seed` seeds the val_size split (the training seed).
     `cache_dir` holds the tokenized cache (default: the `datasets` cache, under `prefsweep/`).
+    With `tokenized_path` set, the tokenized sets are saved there, or loaded from there when it exists
+    (`tokenized_path.py`).
     Raises ConfigError for datasets the stage cannot use, DataError for unusable data.
     """
-    from trainer.data.pipeline import build, tokenized_fingerprint
+    from trainer.data import tokenized_path as saved
+    from trainer.data.pipeline import build, tokenized_fingerprint, tokenizer_digest
+    from trainer.data.templates import get_template_and_fix_tokenizer, template_options
 
-    train, eval_, skipped = build(
-        data_args, tokenizer, stage=stage, seed=seed, do_train=do_train, cache_dir=cache_dir
-    )
+    path = getattr(data_args, "tokenized_path", None)
+    if path is not None and saved.has_tokenized_data(path):
+        get_template_and_fix_tokenizer(tokenizer, data_args.template, **template_options(data_args))
+        expected = saved.settings(data_args, tokenizer, stage, tokenizer_digest(tokenizer))
+        train, eval_ = saved.load(path, expected)
+        train, skipped = (train if do_train else None), {}
+    else:
+        train, eval_, skipped = build(
+            data_args, tokenizer, stage=stage, seed=seed, do_train=do_train, cache_dir=cache_dir
+        )
+        if path is not None:
+            saved.save(path, train, eval_, saved.settings(data_args, tokenizer, stage, tokenizer_digest(tokenizer)))
     return PreferenceData(
         train=train, eval=eval_, skipped=skipped, fingerprint=tokenized_fingerprint(train, eval_)
     )

@@ -22,6 +22,7 @@ REMOTE = "REMOTE:"
 DATASET_INFO = "dataset_info.json"
 FORMATTINGS = ("alpaca", "sharegpt")
 COLUMN_KEYS = ("prompt", "query", "response", "history", "messages", "system", "chosen", "rejected", "kto_tag")
+MEDIA_COLUMNS = ("images", "videos", "audios")  # LF's multimodal columns
 TAG_KEYS = (
     "role_tag",
     "content_tag",
@@ -177,6 +178,10 @@ def _entry_attr(name: str, entry: Any, info_dir: Path, *, where: str) -> Dataset
         if not isinstance(mapping, dict):
             raise ConfigError(f"{where}: {group} must be an object")
         bad = sorted(set(mapping) - set(keys))
+        media = [key for key in bad if key in MEDIA_COLUMNS]
+        if media:
+            raise ConfigError(f"{where}: multimodal data ({', '.join(media)}) is not supported; prefsweep trains "
+                              f"on text only (templates of multimodal families serve text rows)")
         if bad:
             raise ConfigError(f"{where}: unknown {group} key(s) {bad}; valid: {list(keys)}")
         for key, value in mapping.items():

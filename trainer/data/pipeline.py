@@ -63,7 +63,7 @@ def _code_digest() -> str:
     return _sha256(*[path.read_text(encoding="utf-8") for path in files])
 
 
-def _tokenizer_digest(tokenizer: Any) -> str:
+def tokenizer_digest(tokenizer: Any) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
         vocab = backend.to_str()
@@ -246,7 +246,7 @@ def build(
     encoder_cls = PairwiseEncoder if stage == "dpo" else FeedbackEncoder
     encoder = encoder_cls(template=template, tokenizer=tokenizer, cutoff_len=data_args.cutoff_len)
     common = _sha256(
-        stage, repr(template), _tokenizer_digest(tokenizer), data_args.cutoff_len, _code_digest()
+        stage, repr(template), tokenizer_digest(tokenizer), data_args.cutoff_len, _code_digest()
     )
     result: dict[str, datasets.Dataset | None] = {}
     for split, rows, key in (("train", train_rows, train_key), ("eval", eval_rows, eval_key)):

@@ -25,6 +25,7 @@ from trainer.losses.registry import (
     Modifier,
     combinable_names,
     get_loss,
+    loss_help,
     loss_names,
     modifier_losses,
 )
@@ -32,6 +33,6 @@ from trainer.losses.unpaired import kto_loss
 
 __all__ = [
     "COMBINE", "F_DIVERGENCES", "LOSSES", "MODIFIERS", "LossOutput", "LossSpec", "Modifier", "combinable_names",
-    "combined_loss", "f_scores", "get_loss", "kto_loss", "ld_weighted_logps", "loss_names", "modifier_losses", "Objective", "paired_objective",
+    "combined_loss", "f_scores", "get_loss", "kto_loss", "ld_weighted_logps", "loss_help", "loss_names", "modifier_losses", "Objective", "paired_objective",
     "sft_loss", "token_mean_nll", "wpo_weights",
 ]

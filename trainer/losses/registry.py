@@ -199,3 +199,16 @@ def combinable_names() -> list[str]:
 def modifier_losses(key: str) -> list[str]:
     """Names of the losses the modifier `key` applies to, in registry order."""
     return [name for name, spec in LOSSES.items() if key in spec.modifiers]
+
+
+def loss_help() -> str:
+    """Help text: one line per loss (its doc and hyperparameters), then the modifiers and whom they apply to."""
+    lines = ["losses (pref_loss; a list, or names joined by '+', combines them with pref_loss_weights):"]
+    for name, spec in LOSSES.items():
+        extra = [h for h in spec.hparams if h not in ("beta", *F_DIV)]
+        stage = " (stage kto)" if spec.stage == "kto" else ""
+        lines.append(f"  {name:14s}{spec.doc}{stage}" + (f" [{', '.join(extra)}]" if extra else ""))
+    lines.append("modifiers:")
+    for key, modifier in MODIFIERS.items():
+        lines.append(f"  {key:18s}{modifier.doc}; with {', '.join(modifier_losses(key))}")
+    return "\n".join(lines)

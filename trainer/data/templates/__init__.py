@@ -35,7 +35,8 @@ def unknown_template_error(name: str) -> ConfigError:
     """`template: NAME` names no entry: say so, with the name most likely meant."""
     from sweeps.key_errors import nearest  # the project's one did-you-mean rule (no ray, no mlflow)
 
-    near = nearest(name, TEMPLATES)
+    spelled = name.lower().replace("-", "_")  # `Qwen3`, `qwen3-nothink`: a spelling of a known name
+    near = spelled if spelled in TEMPLATES else nearest(name, TEMPLATES)
     hint = f"; did you mean {near!r}?" if near else ""
     return ConfigError(
         f"template {name!r} is unknown{hint} ({len(TEMPLATES)} templates: {', '.join(TEMPLATES)}; "
