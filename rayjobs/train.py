@@ -104,7 +104,8 @@ def prepare_config(source: str | Path | dict, overrides: Sequence[str] | dict = 
     readable here: the one parse of a run."""
     cfg = load_config(source, list(overrides) if not isinstance(overrides, dict) else overrides)
     cfg = with_overrides(cfg, absolute_paths(cfg))
-    check_models(cfg.model)  # a wrong path or an uncached hub id: one line here, before any worker starts
+    # a wrong path or an uncached hub id: one line here, before any worker starts
+    check_models(cfg.model, eval_reward_model=getattr(cfg.finetuning, "eval_reward_model", None))
     return cfg
 
 

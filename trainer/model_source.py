@@ -77,12 +77,16 @@ def trust_remote_code(folder: str | Path, trust: bool) -> bool:
     return trust and bool(remote_code_files(folder))
 
 
-def check_models(model_args) -> None:
-    """Every model of `model_args` (policy, reference) is readable here, and trust_remote_code is safe.
+def check_models(model_args, **others: str | None) -> None:
+    """Every model of `model_args` (policy, reference) and `others` (key -> path or hub id, e.g. the
+    eval_reward_model) is readable here, and trust_remote_code is safe.
 
     With `trust_remote_code: true` and an unpinned revision: refused when the model ships code, one
     warning when it does not (it loads natively).
     """
+    for key, name in others.items():
+        if name:
+            resolve_model(name, cache_dir=model_args.cache_dir, key=key, patterns=CHECK_FILES)
     for key in ("model_name_or_path", "ref_model"):
         name = getattr(model_args, key, None)
         if not name:
