@@ -162,6 +162,19 @@ def build_tiny_reward_model(out_dir: str | Path, base: str | Path, dataset: str,
             "first_loss": losses[0] if losses else math.nan, "last_loss": losses[-1] if losses else math.nan}
 
 
+DEMO_REWARD_MODEL = {"dataset": "dpo_en_demo", "dataset_dir": "data", "skip": 64, "seed": 0}
+"""The Makefile's `make tiny-reward-model` recipe (the demo pairs after the 64 the demo trains on)."""
+
+
+def ensure_tiny_reward_model(out_dir: str | Path, base: str | Path) -> bool:
+    """Build the demo's tiny reward model (as `make tiny-reward-model`) from the tiny model at `base` unless
+    `out_dir` holds one; True when it was built (a `ray job submit` working dir has no git-ignored models/)."""
+    if (Path(out_dir) / "config.json").is_file():
+        return False
+    build_tiny_reward_model(out_dir, base, **DEMO_REWARD_MODEL)
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     """`prefsweep make-tiny-reward-model OUT --base MODEL_DIR --data DATASET [--dataset-dir DIR] [--skip N]`."""
     parser = argparse.ArgumentParser(
