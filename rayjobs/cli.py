@@ -4,6 +4,7 @@
     prefsweep sweep SWEEP.yaml [KEY=VALUE ...]      a Ray Tune sweep of Ray Train runs
     prefsweep tokenize CONFIG.yaml [KEY=VALUE ...]  tokenize the data, save it, show what is trained on
     prefsweep make-tiny-model OUT --data FILE ...   the offline tiny model for tests and the demo
+    prefsweep make-tiny-reward-model OUT --base DIR --data DATASET   its Bradley-Terry reward model
     prefsweep mlflow-sync OUTPUT_DIR ...            replay what an MLflow outage kept in a run's spool
 
 Each subcommand is its module's `main` (`python -m rayjobs.train`, `python -m rayjobs.sweep`,
@@ -19,6 +20,7 @@ COMMANDS = {
     "sweep": ("rayjobs.sweep", "run a sweep spec with Ray Tune"),
     "tokenize": ("trainer.data.preview", "tokenize a config's data, save it, print examples with the mask marked"),
     "make-tiny-model": ("trainer.tiny_model", "build the offline tiny Llama model and tokenizer"),
+    "make-tiny-reward-model": ("trainer.reward_model", "train the offline tiny Bradley-Terry reward model"),
     "mlflow-sync": ("rayjobs.tracking.sync", "send MLflow what runs could not send (their mlflow_spool.jsonl), once"),
 }
 

@@ -264,6 +264,12 @@ def run(source: str | Path | dict, overrides: list[str] = (), *, worker_logs: bo
         if ensure_tiny_model(spec.tiny_model):  # e.g. in a `ray job submit` working dir: models/ is git-ignored
             print(f"prefsweep: built the tiny model at {Path(spec.tiny_model).resolve()} "
                   f"(`prefsweep make-tiny-model {spec.tiny_model}`: it was not in {Path.cwd()})", flush=True)
+    if spec.tiny_reward_model:
+        from trainer.reward_model import ensure_tiny_reward_model
+
+        if ensure_tiny_reward_model(spec.tiny_reward_model, spec.tiny_model):
+            print(f"prefsweep: built the tiny reward model at {Path(spec.tiny_reward_model).resolve()} "
+                  f"(`make tiny-reward-model`: it was not in {Path.cwd()})", flush=True)
     base_cfg = prepare_config(spec.base)
 
     from ray import tune
@@ -272,7 +278,10 @@ def run(source: str | Path | dict, overrides: list[str] = (), *, worker_logs: bo
     from rayjobs.tracking import parent_run as sweep_parent_run
     from rayjobs.tracking import store as mlflow_store
 
-    how = ensure_ray(log_to_driver=worker_logs)
+    if base_cfg.ray.run_name:
+        raise ConfigError("ray_run_name / ray.run_name names the Ray Train run of `prefsweep train`; a sweep names "
+                          "each trial's run after the trial: remove it")
+    how = ensure_ray(log_to_driver=worker_logs, init_kwargs=base_cfg.ray.init_kwargs)
     per_trial = per_trial_resources(base_cfg)
     concurrency = spec.max_concurrent_trials or default_concurrency(cluster_resources(), per_trial)
     storage = storage_root(spec)
@@ -324,10 +333,13 @@ def run(source: str | Path | dict, overrides: list[str] = (), *, worker_logs: bo
         sweep_parent_run.finish_sweep_parent(parent_run_id, [], metric=spec.metric, mode=spec.mode, status="KILLED")
         raise
     board = sweep_parent_run.finish_sweep_parent(parent_run_id, summaries, metric=spec.metric, mode=spec.mode)
+    registered = register_best(spec, parent_run_id, base_cfg.output_dir) if spec.register_best else None
     errors = [r for r in grid if r.error is not None]
     print(f"\nprefsweep: sweep {spec.name!r} finished: {len(summaries)} trials, {len(errors)} failed")
     print(board)
     print(f"\nTrial output dirs: {base_cfg.output_dir}/<trial>; Ray results: {storage}/{spec.name}")
+    if registered is not None:
+        print(f"Best trial registered in MLflow as model {spec.name!r} version {registered.version}")
     print(f"Compare the trials in MLflow: {mlflow_store.ui_command()}")
     if not any(math.isfinite((r.metrics or {}).get(spec.metric, math.nan)) for r in grid):
         print(f"warning: no trial reported {spec.metric}; check the eval settings of the base config",
@@ -335,6 +347,19 @@ def run(source: str | Path | dict, overrides: list[str] = (), *, worker_logs: bo
     for result in errors:
         print(f"trial {Path(result.path).name} failed: {result.error}", file=sys.stderr)
     return 1 if errors else 0
+
+
+def register_best(spec: SweepSpec, parent_run_id: str, output_root: Path):
+    """`register_best: true`: the best trial's model, registered under the sweep's name; a failure is reported,
+    never fatal (the sweep's results are all in by now)."""
+    from rayjobs import best_model
+    from rayjobs.tracking import store as mlflow_store
+
+    try:
+        return best_model.register_best(parent_run_id, spec.name, output_root, mlflow_store.tracking_uri())
+    except Exception as err:  # noqa: BLE001
+        logger.warning("the best trial's model was not registered: %s", err)
+        return None
 
 
 def new_tuner(spec: SweepSpec, trainable, base: TrainConfig, storage: str, concurrency: int):

@@ -56,14 +56,18 @@ def absolute_paths(cfg: TrainConfig, base: Path | None = None) -> dict[str, Any]
         path = Path(value).expanduser()
         return str(path if path.is_absolute() else base / path)
 
+    remote = cfg.data.dataset_dir.startswith("REMOTE:")  # a hub repo, not a path
     fixed: dict[str, Any] = {
         "output_dir": absolute(str(cfg.output_dir)),
-        "dataset_dir": absolute(cfg.data.dataset_dir),
+        "dataset_dir": cfg.data.dataset_dir if remote else absolute(cfg.data.dataset_dir),
     }
     for key in ("model_name_or_path", "ref_model"):
         value = getattr(cfg.model, key)
         if value and Path(absolute(value)).exists():
             fixed[key] = absolute(value)
+    reward_model = getattr(cfg.finetuning, "eval_reward_model", None)
+    if reward_model and Path(absolute(reward_model)).exists():  # else a hub id
+        fixed["eval_reward_model"] = absolute(reward_model)
     if cfg.model.cache_dir:
         fixed["cache_dir"] = absolute(cfg.model.cache_dir)
     if getattr(cfg.finetuning, "ref_cache_dir", None):
@@ -100,7 +104,8 @@ def prepare_config(source: str | Path | dict, overrides: Sequence[str] | dict = 
     readable here: the one parse of a run."""
     cfg = load_config(source, list(overrides) if not isinstance(overrides, dict) else overrides)
     cfg = with_overrides(cfg, absolute_paths(cfg))
-    check_models(cfg.model)  # a wrong path or an uncached hub id: one line here, before any worker starts
+    # a wrong path or an uncached hub id: one line here, before any worker starts
+    check_models(cfg.model, eval_reward_model=getattr(cfg.finetuning, "eval_reward_model", None))
     return cfg
 
 
@@ -121,7 +126,8 @@ def scaling_config(cfg: TrainConfig):
     resources = cfg.ray.resources_per_worker
     if resources is not None:
         resources = {k.upper() if k.lower() in ("cpu", "gpu") else k: float(v) for k, v in resources.items()}
-    return ScalingConfig(num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu, resources_per_worker=resources)
+    return ScalingConfig(num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu, resources_per_worker=resources,
+                         placement_strategy=cfg.ray.placement_strategy)
 
 
 def worker_config(cfg: TrainConfig, *, progress: bool) -> TrainConfig:
@@ -172,7 +178,9 @@ def make_torch_trainer(
     return TorchTrainer(
         train_fn_per_worker,
         train_loop_config={"loop": loop},
-        torch_config=TorchConfig(backend="nccl" if cfg.ray.use_gpu else "gloo"),
+        # Ray Train, not transformers, opens the process group: ddp_timeout (LF sets it) is its timeout
+        torch_config=TorchConfig(backend="nccl" if cfg.ray.use_gpu else "gloo",
+                                 timeout_s=int(cfg.training.get("ddp_timeout") or 1800)),
         scaling_config=scaling_config(cfg),
         run_config=RunConfig(
             name=name,
@@ -208,11 +216,11 @@ def run(source: str | Path | dict, overrides: Sequence[str] = (), *, log_model: 
         track: bool = True) -> dict[str, float]:
     """Train one run (through Ray Train unless `use_ray: false`); return its final metrics."""
     cfg = prepare_config(source, overrides)
-    run_name = cfg.output_dir.name
+    run_name = cfg.ray.run_name or cfg.output_dir.name
     if cfg.use_ray:
         from rayjobs.local_ray import ensure_ray
 
-        ensure_ray()  # before the MLflow tags, which record the Ray job id
+        ensure_ray(init_kwargs=cfg.ray.init_kwargs)  # before the MLflow tags, which record the Ray job id
     tracking = None
     if track:
         from rayjobs.tracking.store import try_ensure_experiment
@@ -231,6 +239,13 @@ def run(source: str | Path | dict, overrides: Sequence[str] = (), *, log_model: 
 
 def _run_in_process(cfg: TrainConfig, tracking: dict | None) -> dict[str, float]:
     from trainer.workflow import run_training
+
+    if cfg.training.get("bf16") and "use_cpu" not in cfg.given:
+        import torch
+
+        if not torch.cuda.is_available():  # transformers refuses bf16 without a GPU unless told it runs on CPU
+            print("prefsweep: no GPU here: bf16 trains on the CPU (use_cpu: true)", flush=True)
+            cfg = with_overrides(cfg, {"use_cpu": True})
 
     tracker = None
     if tracking is not None:

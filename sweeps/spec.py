@@ -76,6 +76,8 @@ SPEC_KEYS = {
     "storage_path": "where Ray Tune and Ray Train keep results (default ~/ray_results)",
     "log_model": "upload each trial's final model to MLflow (default false)",
     "reference_cache": "compute reference log-probs once before the trials (default true)",
+    "register_best": "log the best trial's model to MLflow and register it under the sweep's name (default false)",
+    "tiny_reward_model": "likewise `make tiny-reward-model`'s tiny reward model, built from tiny_model",
     "tiny_model": "a folder the driver fills with `prefsweep make-tiny-model`'s default tiny model when it is "
     "missing (a `ray job submit --working-dir .` uploads no git-ignored folder such as models/)",
 }
@@ -209,9 +211,12 @@ def _build(raw: dict, path: str | None, config_overrides: dict) -> SweepSpec:
     num_samples = raw.get("num_samples", 1)
     if not isinstance(num_samples, int) or num_samples < 1:
         raise ConfigError(f"num_samples must be an integer >= 1, got {num_samples!r}")
-    tiny_model = raw.get("tiny_model")
-    if tiny_model is not None and (not isinstance(tiny_model, str) or not tiny_model.strip()):
-        raise ConfigError(f"tiny_model: expected a folder path, got {tiny_model!r}")
+    tiny_model, tiny_rm = raw.get("tiny_model"), raw.get("tiny_reward_model")
+    for key, value in (("tiny_model", tiny_model), ("tiny_reward_model", tiny_rm)):
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise ConfigError(f"{key}: expected a folder path, got {value!r}")
+    if tiny_rm and not tiny_model:
+        raise ConfigError("tiny_reward_model is built from tiny_model: set tiny_model too")
     concurrent = raw.get("max_concurrent_trials")
     if concurrent is not None and (not isinstance(concurrent, int) or concurrent < 1):
         raise ConfigError(f"max_concurrent_trials must be an integer >= 1 or null, got {concurrent!r}")
@@ -230,8 +235,10 @@ def _build(raw: dict, path: str | None, config_overrides: dict) -> SweepSpec:
         storage_path=raw.get("storage_path"),
         log_model=bool(raw.get("log_model", False)),
         reference_cache=bool(raw.get("reference_cache", True)),
+        register_best=bool(raw.get("register_best", False)),
         description=str(raw.get("description") or ""),
         tiny_model=tiny_model,
+        tiny_reward_model=tiny_rm,
         source={**raw, "base": raw["base"], "overrides": {**inline, **config_overrides}},
         path=path,
     )

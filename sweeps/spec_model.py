@@ -39,11 +39,15 @@ class SweepSpec:
     max_concurrent_trials: int | None = None
     storage_path: str | None = None
     log_model: bool = False
+    register_best: bool = False
+    """After the sweep: the best trial's weights as an MLflow logged model, registered as `name` (rayjobs.best_model)."""
     reference_cache: bool = True
     """Build the reference log-prob caches the trials read (trainer.ref_cache) before they start."""
     description: str = ""
     tiny_model: str | None = None
     """Build the offline tiny model here (where the driver runs) before the trials when it is missing."""
+    tiny_reward_model: str | None = None
+    """Likewise the demo's tiny reward model (needs tiny_model)."""
     source: dict = field(default_factory=dict)
     """The spec as written (plus overrides): what MLflow records on the parent run."""
     path: str | None = None

@@ -68,6 +68,12 @@ def test_reasoning_templates_follow_enable_thinking(tok):
     prompt, chosen, rejected = decoded(tok, "qwen3_nothink", 1)
     assert prompt.startswith(Q + "<think>\nA greeting.\n</think>\n\nHello!") and rejected == "Lyon.<|im_end|>\n"
     assert decoded(tok, "glm4_7", 4)[1].startswith("</think>")  # GLM-4.7: an empty thought is the closing tag
+    assert decoded(tok, "qwen3/preserve", 1)[0].startswith(Q + "<think>\nA greeting.\n</think>\n\nHello!")
+
+
+def test_default_system_replaces_the_templates(tok):
+    assert decoded(tok, "qwen/default_system", 4)[0].startswith("<|im_start|>system\nBe kind.<|im_end|>\n")
+    assert decoded(tok, "qwen/default_system", 0) == decoded(tok, "qwen", 0)  # the row's own system wins
 
 
 def test_missing_pad_becomes_eos_and_default_rewrites_the_chat_template(tok):
@@ -155,3 +161,16 @@ def test_generation_markers_set_the_response_start(tok):
         "<|im_start|>assistant\n"
     )
     assert tok.decode(response) == "Paris.<|im_end|>\n"  # the marked span and what follows it
+
+
+def test_a_full_vocabulary_still_holds_every_templates_tokens():
+    """On the demo data BPE could fill all 512 ids; the template tokens are kept out of its budget."""
+    from tests.template_cases import REPO
+    from trainer.tiny_model import iter_texts, template_special_tokens, train_tokenizer
+
+    tok = train_tokenizer(list(iter_texts([REPO / "data" / "dpo_en_demo.json"])), vocab_size=512, model_max_length=64)
+    assert len(tok) == 512 and not any(t.startswith("<|reserved_") for t in tok.get_vocab())  # BPE filled it
+    for token in template_special_tokens():
+        assert len(tok.encode(token, add_special_tokens=False)) == 1, token
+    assert tok.encode("isopropyl sop", add_special_tokens=False)[-1] == tok.convert_tokens_to_ids("sop")
+    assert tok.convert_tokens_to_ids("sop") not in tok.encode("isopropyl", add_special_tokens=False)

@@ -20,8 +20,8 @@ have been added, make sure `resize_vocab` is True"). What the templates we serve
   `<|end_header_id|>`.
 
 Beyond these, every template of the registry (`trainer/data/templates/`) names its markup and stop words
-(`<start_of_turn>`, `<|user|>`, ...): they are added as special tokens in the ids BPE left free, so any
-template runs on the tiny model without growing the vocabulary (a vocabulary BPE filled has no room for them).
+(`<start_of_turn>`, `<|user|>`, ...): they are added as special tokens after the BPE vocabulary, so any
+template runs on the tiny model without growing the vocabulary.
 
 So every token above is in the trained vocab as a special token (`<|eom_id|>` included: without it
 `llama3` would add a token), eos is `<|im_end|>` (the ChatML turn end our own chat template uses; chatml
@@ -38,6 +38,10 @@ requested 32000). The rest is filled with regular added tokens `<|reserved_N|>`,
 CLI (called by the `prefsweep` dispatcher, argv without the subcommand name)::
 
     prefsweep make-tiny-model OUT --data FILE [--data FILE2] [--vocab-size N] [--seed S]
+        [--warmup DATASET [--warmup-dataset-dir DIR] [--warmup-skip N] [--warmup-steps N]]
+
+`--warmup` trains the random model briefly on a dataset's prompts and chosen answers
+(`trainer.tiny_warmup`), so a demo's DPO starts from log-probs that mean something.
 """
 
 from __future__ import annotations
@@ -136,21 +140,21 @@ def train_tokenizer(texts: list[str], *, vocab_size: int, model_max_length: int)
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    # Every template's markup and stop words become special tokens too, so any template runs without LF
+    # adding tokens past the embedding; BPE gets the rest of the vocabulary (a vocabulary too small for
+    # them, below ~340, keeps only the base special tokens). A bare word (chatglm3's `sop`) is matched as a
+    # whole word only.
+    extra = [t for t in template_special_tokens() if t not in SPECIAL_TOKENS]
+    if vocab_size < min_size + len(extra):
+        extra = []
     bpe = trainers.BpeTrainer(
-        vocab_size=vocab_size,
+        vocab_size=vocab_size - len(extra),
         special_tokens=list(SPECIAL_TOKENS),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tokenizer.train_from_iterator(texts, trainer=bpe)
 
-    # Every template's markup and stop words become special tokens too, so any template runs without LF
-    # adding tokens past the embedding. They take the first ids BPE left free (never a merge: the ids of
-    # ordinary text stay what they were); when BPE filled the vocabulary there is no room and only the
-    # base special tokens above exist. A bare word (chatglm3's `sop`) must not match inside other words.
-    extra = [t for t in template_special_tokens() if t not in SPECIAL_TOKENS]
-    if vocab_size - tokenizer.get_vocab_size() < len(extra):
-        extra = []
     tokenizer.add_special_tokens(
         [AddedToken(t, special=True, normalized=False, single_word=t.isalnum()) for t in extra]
     )
@@ -229,12 +233,16 @@ DEMO_DATA = "data/dpo_en_demo.json"
 
 
 def ensure_tiny_model(out_dir: Path | str) -> bool:
-    """Build the default tiny model (`prefsweep make-tiny-model OUT`: DEMO_DATA, vocab 1024, seed 0) at
+    """Build the default tiny model (`prefsweep make-tiny-model OUT`: DEMO_DATA, vocab 1024, seed 0, warmed up
+    on the demo pairs after the first 64) at
     `out_dir` unless it already holds a model; True when it was built. Deterministic: the same files as
     `make tiny-model` writes, so a job that cannot see the user's copy builds an equal one."""
     if (Path(out_dir) / "config.json").is_file():
         return False
+    from trainer.tiny_warmup import DEMO_WARMUP, warm_up_model_dir
+
     build_tiny_model(out_dir, [Path(DEMO_DATA)])
+    warm_up_model_dir(out_dir, **DEMO_WARMUP)  # as `make tiny-model` (Makefile) warms it up
     return True
 
 
@@ -251,8 +259,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--vocab-size", type=int, default=1024, help="tokenizer and embedding size (default 1024)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the random weights (default 0)")
+    from trainer import tiny_warmup
+
+    tiny_warmup.add_arguments(parser)
     args = parser.parse_args(argv)
     out = build_tiny_model(args.out, args.data or [Path(DEMO_DATA)], vocab_size=args.vocab_size, seed=args.seed)
+    tiny_warmup.run_from_args(out, args)
     print(out)
     return 0
 

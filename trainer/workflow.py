@@ -140,6 +140,8 @@ def run_training(cfg: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) ->
         result.metrics.update(eval_metrics)
         if args.do_train:
             save_state(trainer)  # the final evaluation joins log_history
+    if cfg.finetuning.eval_generate and trainer.eval_dataset is not None:
+        generate_and_log(trainer, cfg, result)
     result.log_history = list(trainer.state.log_history)
     result.reference_forwards = cache.reference_forwards + trainer.reference_forwards
     if trainer.is_world_process_zero():  # rank 0's count; through Ray Train this file is how it gets out
@@ -151,3 +153,20 @@ def run_training(cfg: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) ->
         if facts["skipped"]:
             logger.warning("skipped rows: %s", json.dumps(facts["skipped"]))
     return result
+
+
+def generate_and_log(trainer: PreferenceTrainer, cfg: TrainConfig, result: RunResult) -> None:
+    """Eval generations (`trainer.generation`): their metrics go through `trainer.log` (callbacks: Ray,
+    MLflow) into `generate_results.json`; rank 0 writes the rows to `generations.json` for the table."""
+    from trainer import generation
+
+    settings = generation.SamplingSettings(max_new_tokens=cfg.finetuning.eval_generate_max_new_tokens)
+    rows, metrics = generation.evaluate_generations(trainer, cfg, settings)
+    trainer.log(dict(metrics))
+    save_metrics(trainer, "generate", metrics)
+    result.metrics.update(metrics)
+    if trainer.is_world_process_zero():
+        record = generation.generations_record(rows, metrics, settings)
+        write_atomic(Path(trainer.args.output_dir) / generation.GENERATIONS_NAME, json.dumps(record, indent=1))
+    if trainer.args.do_train:
+        save_state(trainer)  # the generation metrics join log_history

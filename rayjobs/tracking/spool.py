@@ -97,6 +97,10 @@ class Delivery:
                     self.client.log_artifact(self.run_id, str(root / name), artifact_path=artifact_path)
             for name, text in items[0].get("texts", {}).items():
                 self.client.log_text(self.run_id, text, name)
+        elif op == "outputs":
+            from rayjobs import trial_outputs
+
+            trial_outputs.deliver(self.client, self.run_id, self.spool.path.parent, items[0])
         elif op == "end":
             self.client.set_terminated(self.run_id, status=items[0]["status"])
 

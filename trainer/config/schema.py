@@ -28,7 +28,7 @@ REF_CACHE_NAME = "ref_cache.json"
 @dataclass
 class ModelArguments:
     model_name_or_path: str | None = None
-    """Local directory (or hub id, for users with a hub) of the policy's starting weights."""
+    """Local directory or hub id (through the hub cache: HF_HOME, HF_HUB_OFFLINE) of the policy's start."""
     ref_model: str | None = None
     """Separate reference model; default: LoRA policy with adapters off, or a frozen copy of the start."""
     model_revision: str = "main"
@@ -42,11 +42,11 @@ class ModelArguments:
 @dataclass
 class DataArguments:
     dataset: str | None = None
-    """Comma-separated dataset names from `dataset_dir/dataset_info.json`."""
+    """Comma-separated names from `dataset_dir/dataset_info.json`, or TRL-format files / folders / hub ids."""
     eval_dataset: str | None = None
     """Comma-separated dataset names evaluated instead of a `val_size` split."""
     dataset_dir: str = "data"
-    """Folder holding `dataset_info.json` and the data files."""
+    """Folder holding `dataset_info.json` and the data files, or `REMOTE:<hub dataset repo>` holding one."""
     template: str | None = None
     """LLaMA-Factory template name (qwen3_nothink, llama3, gemma3 ...); unset: the tokenizer's chat_template."""
     cutoff_len: int = 2048
@@ -69,6 +69,10 @@ class DataArguments:
     """Replaces the template's default system prompt."""
     tokenized_path: str | None = None
     """Folder of the tokenized dataset: saved there when absent, loaded from it when present."""
+    mix_strategy: Literal["concat", "interleave_under", "interleave_over"] = "concat"
+    """How several datasets merge: concatenated, or interleaved until the first (under) or last (over) runs out."""
+    interleave_probs: str | list[float] | None = None
+    """Comma-separated sampling probability of each dataset when interleaving (default: equal)."""
 
 
 @dataclass
@@ -137,6 +141,12 @@ class FinetuningArguments:
     """Reference log-prob cache: auto reads one that exists for this run's key (a sweep builds it before its trials), always builds or reuses one before training, never runs the reference every step."""
     ref_cache_dir: str | None = None
     """Root of the reference log-prob cache (a filesystem path); default <ray.storage_path>/ref_cache, else ~/.cache/prefsweep/ref_cache."""
+    eval_generate: int = 0
+    """At the end of training, sample answers to the first N eval prompts from the policy and the reference (seeded, fixed settings; `trainer.generation`); 0: off."""
+    eval_generate_max_new_tokens: int = 48
+    """Most new tokens per generated answer."""
+    eval_reward_model: str | None = None
+    """Sequence-classification reward model (path or hub id) that scores the generations: eval_reward/mean, eval_reward/win_rate_vs_ref."""
 
     @property
     def loss_name(self) -> str:
@@ -157,6 +167,12 @@ class RayArguments:
     """Checkpoints kept by Ray Train (None: all)."""
     max_failures: int = 0
     """Worker-group restarts allowed before the run fails."""
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    """How a run's workers are placed on nodes (Ray's placement group strategy)."""
+    run_name: str | None = None
+    """Name of the Ray Train run of `prefsweep train` (default: the output dir's name); sweeps name trials."""
+    init_kwargs: dict[str, Any] | None = None
+    """Extra `ray.init` keywords (e.g. runtime_env, num_cpus for a local Ray); not `address` (use RAY_ADDRESS)."""
 
 
 @dataclass

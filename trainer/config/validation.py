@@ -12,6 +12,7 @@ from typing import Any
 
 from trainer.config.coerce import as_list
 from trainer.config.lf_compat import LF_ONLY_STAGES
+from trainer.config.lf_keys import check_lf_surface
 from trainer.config.schema import (
     FINETUNING_TYPES,
     SUPPORTED_STAGES,
@@ -84,7 +85,11 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"eval_strategy is {eval_strategy!r} but there is no eval_dataset and val_size is 0")
     if data.eval_dataset and data.val_size:
         raise ConfigError("val_size and eval_dataset are both set; use one way to get evaluation data")
+    from trainer.generation import validate_generation_keys
+
+    validate_generation_keys(cfg)
     _validate_ray(cfg.ray)
+    check_lf_surface(cfg)
     _validate_training(training)
     _validate_output_dir(cfg)
     try:
@@ -102,11 +107,11 @@ def _validate_remote_code(model: ModelArguments) -> None:
     cannot. Local directories are held to the same rule: the sha records which reviewed commit they hold.
     """
     if model.trust_remote_code and not PINNED_REVISION.fullmatch(model.model_revision):
-        from trainer.model_source import check_remote_code, resolve_model
+        from trainer.model_source import CHECK_FILES, check_remote_code, resolve_model
 
         try:  # a model that ships no code (no auto_map) loads natively: one warning, no refusal
             folder = resolve_model(model.model_name_or_path, revision=model.model_revision,
-                                   cache_dir=model.cache_dir)
+                                   cache_dir=model.cache_dir, patterns=CHECK_FILES)
         except ConfigError:
             folder = None  # not readable here: whether it ships code cannot be checked
         if folder is not None:
