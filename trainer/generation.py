@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from trainer.logps import IGNORE_INDEX
+from trainer.labels import prompt_ids
 
 GENERATIONS_NAME = "generations.json"
 """Written into the output dir by rank 0: the rows and metrics the tracking side logs as a table."""
@@ -53,22 +53,6 @@ class GenerationRow:
     reference_tokens: int
     policy_reward: float | None = None
     reference_reward: float | None = None
-
-
-def prompt_ids(row: dict) -> list[int]:
-    """The prompt tokens of one tokenized eval row: the tokens before the first response label.
-
-    dpo rows carry `chosen_input_ids`/`chosen_labels`, kto rows `input_ids`/`labels`; in both the
-    prompt is the prefix whose labels are IGNORE_INDEX. Raises ValueError for a row with no response.
-    """
-    ids = row.get("chosen_input_ids", row.get("input_ids"))
-    labels = row.get("chosen_labels", row.get("labels"))
-    if ids is None or labels is None:
-        raise ValueError(f"not a tokenized preference row (columns {sorted(row)})")
-    for position, label in enumerate(labels):
-        if label != IGNORE_INDEX:
-            return list(ids[:position])
-    raise ValueError("the row has no response tokens (all labels are IGNORE_INDEX)")
 
 
 def eval_prompts(eval_dataset, n: int) -> list[list[int]]:

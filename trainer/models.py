@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from trainer.config import FinetuningArguments, ModelArguments
+from trainer.config.schema import FinetuningArguments, ModelArguments
 from trainer.errors import ConfigError
 from trainer.model_source import resolve_model, trust_remote_code
 

@@ -85,9 +85,9 @@ def preference_pairs(dataset: str, dataset_dir: str | Path, tokenizer, *, templa
     """(chosen text, rejected text) of rows from `skip` on, as `conversation_text` renders them."""
     import tempfile
 
-    from trainer.config import DataArguments
+    from trainer.config.schema import DataArguments
     from trainer.data import load_preference_data
-    from trainer.generation import prompt_ids
+    from trainer.labels import prompt_ids
 
     data_args = DataArguments(dataset=dataset, dataset_dir=str(dataset_dir), template=template,
                               cutoff_len=cutoff_len, overwrite_cache=True)
