@@ -378,7 +378,7 @@ def restore_tuner(path: str, trainable):
 
 def trial_summaries(grid, spec: SweepSpec, base: TrainConfig) -> list:
     """One `TrialSummary` per Tune result: sampled values and final metric (curves come from MLflow)."""
-    from rayjobs.leaderboard import TrialSummary
+    from rayjobs.leaderboard import EXTRA_METRICS, TrialSummary
 
     summaries = []
     for result in grid:
@@ -397,6 +397,8 @@ def trial_summaries(grid, spec: SweepSpec, base: TrainConfig) -> list:
                 final=float(final) if math.isfinite(final) else None,
                 best=None,
                 config=raw,
+                extras={k: float(v) for k, v in (result.metrics or {}).items()
+                        if k in EXTRA_METRICS and k != spec.metric and math.isfinite(v)},
             )
         )
     return summaries
