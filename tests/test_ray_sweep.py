@@ -293,7 +293,7 @@ def test_demo_spec_submitted_from_a_fresh_checkout_after_make_demo(ray_head, tin
     run = subprocess.run(
         [str(BIN / "ray"), "job", "submit", "--working-dir", ".", "--", "python", "-m", "rayjobs.sweep",
          "sweeps/demo.yaml", "num_samples=1", "space={pref_beta: {grid: [0.1]}}", "max_steps=2", "eval_steps=2",
-         f"storage_path={storage}"],
+         "eval_generate=0", "eval_reward_model=null", f"storage_path={storage}"],  # no reward model to build
         cwd=checkout, env=head_env_without_mlflow(ray_head), capture_output=True, text=True, timeout=400,
     )
     output = run.stdout + run.stderr

@@ -162,6 +162,25 @@ def build_tiny_reward_model(out_dir: str | Path, base: str | Path, dataset: str,
             "first_loss": losses[0] if losses else math.nan, "last_loss": losses[-1] if losses else math.nan}
 
 
+DEMO_REWARD_DIR = "tiny-reward"
+"""The demo's reward model: the folder beside the tiny model (`make tiny-reward-model`: models/tiny-reward)."""
+
+
+def ensure_demo_reward_model(reward_model: str | None, tiny_model: str | Path) -> bool:
+    """Build the demo's reward model as `make tiny-reward-model` does (from `tiny_model`, on the demo pairs
+    after the first 64) when `reward_model` names the folder beside `tiny_model` and it holds no model;
+    True when it was built. (A `ray job submit` working dir has no git-ignored models/.)"""
+    if not reward_model or Path(reward_model) != Path(tiny_model).parent / DEMO_REWARD_DIR:
+        return False
+    if (Path(reward_model) / "config.json").is_file():
+        return False
+    from trainer.tiny_warmup import DEMO_WARMUP
+
+    build_tiny_reward_model(reward_model, tiny_model, DEMO_WARMUP["dataset"], DEMO_WARMUP["dataset_dir"],
+                            skip=DEMO_WARMUP["skip"], seed=DEMO_WARMUP["seed"])
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     """`prefsweep make-tiny-reward-model OUT --base MODEL_DIR --data DATASET [--dataset-dir DIR] [--skip N]`."""
     parser = argparse.ArgumentParser(
