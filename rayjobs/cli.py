@@ -21,7 +21,7 @@ COMMANDS = {
     "tokenize": ("trainer.data.preview", "tokenize a config's data, save it, print examples with the mask marked"),
     "make-tiny-model": ("trainer.tiny_model", "build the offline tiny Llama model and tokenizer"),
     "make-tiny-reward-model": ("trainer.reward_model", "train the offline tiny Bradley-Terry reward model"),
-    "mlflow-sync": ("rayjobs.mlflow_sync", "send MLflow what runs could not send (their mlflow_spool.jsonl), once"),
+    "mlflow-sync": ("rayjobs.tracking.sync", "send MLflow what runs could not send (their mlflow_spool.jsonl), once"),
 }
 
 

@@ -61,11 +61,14 @@ def _token_auth() -> None:
     AuthenticationTokenLoader.instance().reset_cache()
 
 
-def ensure_ray(*, num_cpus: int | None = None, num_gpus: int | None = None, log_to_driver: bool = True) -> str:
+def ensure_ray(*, num_cpus: int | None = None, num_gpus: int | None = None, log_to_driver: bool = True,
+               init_kwargs: dict | None = None) -> str:
     """Make sure this process is connected to Ray; return how: "existing", "attached" or "local".
 
     `log_to_driver=False` keeps workers' output in Ray's log files (sweeps: the trial table is the view).
+    `init_kwargs` (a config's `ray.init_kwargs`, LF's `ray_init_kwargs`) go to `ray.init` over ours.
     """
+    extra = dict(init_kwargs or {})
     import ray
 
     if ray.is_initialized():
@@ -73,21 +76,24 @@ def ensure_ray(*, num_cpus: int | None = None, num_gpus: int | None = None, log_
     _token_auth()
     address = attach_address()
     if address is not None:
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=log_to_driver)
+        ray.init(**{"address": address, "logging_level": logging.WARNING, "log_to_driver": log_to_driver, **extra})
         return "attached"
     for key, value in LOCAL_ENV.items():
         os.environ.setdefault(key, value)
-    ray.init(
-        address="local",
-        num_cpus=num_cpus,
-        num_gpus=num_gpus,
-        include_dashboard=True,
-        dashboard_host=LOOPBACK,
-        _node_ip_address=LOOPBACK,
-        runtime_env={"env_vars": {"PYTHONPATH": _worker_pythonpath(), **LOCAL_ENV}},
-        logging_level=logging.WARNING,
-        log_to_driver=log_to_driver,
-    )
+    runtime_env = dict(extra.pop("runtime_env", None) or {})
+    runtime_env["env_vars"] = {"PYTHONPATH": _worker_pythonpath(), **LOCAL_ENV, **runtime_env.get("env_vars", {})}
+    ray.init(**{
+        "address": "local",
+        "num_cpus": num_cpus,
+        "num_gpus": num_gpus,
+        "include_dashboard": True,
+        "dashboard_host": LOOPBACK,
+        "_node_ip_address": LOOPBACK,
+        "runtime_env": runtime_env,
+        "logging_level": logging.WARNING,
+        "log_to_driver": log_to_driver,
+        **extra,
+    })
     return "local"
 
 

@@ -196,7 +196,7 @@ def default_concurrency(cluster: dict[str, float], per_trial: dict[str, float]) 
     return max(1, min(fits)) if fits else 1
 
 
-def build_reference_caches(spec: SweepSpec, base_cfg: TrainConfig) -> None:
+def build_reference_caches(spec: SweepSpec, base_cfg: TrainConfig) -> list:
     """Reference log-probs once per distinct cache key, before any trial starts.
 
     The reference model is frozen, so its log-probs are the same in every trial that shares the model,
@@ -214,7 +214,7 @@ def build_reference_caches(spec: SweepSpec, base_cfg: TrainConfig) -> None:
     configs = [with_overrides(base_cfg, chosen) for chosen in corner_configs(spec)]
     configs = [cfg for cfg in configs if reference_cache_identity(cfg) is not None]
     if not configs:
-        return
+        return []
     per_worker = {k: v / base_cfg.ray.num_workers for k, v in per_trial_resources(base_cfg).items()}
     if not per_worker.get("GPU"):
         node_cpus = [node["Resources"].get("CPU", 0.0) for node in ray.nodes() if node.get("Alive")]
@@ -227,6 +227,18 @@ def build_reference_caches(spec: SweepSpec, base_cfg: TrainConfig) -> None:
     for info in infos:
         print(f"prefsweep: reference log-probs {info.status} ({info.path or info.reason}); "
               f"{time.monotonic() - started:.0f}s", flush=True)
+    return infos
+
+
+def reference_cache_tags(infos: list) -> dict[str, str]:
+    """The sweep parent run's cache tags (its trials carry their own): `miss` when the driver built a
+    cache, `hit` when every one existed, `off` when the sweep uses none; the driver's build time."""
+    from trainer.ref_cache import CacheInfo
+
+    if not infos:
+        return CacheInfo().tags()
+    status = "miss" if any(i.status == "miss" for i in infos) else "hit"
+    return CacheInfo(status=status, build_seconds=sum(i.build_seconds for i in infos)).tags()
 
 
 def run(source: str | Path | dict, overrides: list[str] = (), *, worker_logs: bool = False,
@@ -261,10 +273,14 @@ def run(source: str | Path | dict, overrides: list[str] = (), *, worker_logs: bo
 
     from ray import tune
 
-    from rayjobs import mlflow_store, sweep_parent_run
     from rayjobs.local_ray import cluster_resources, ensure_ray
+    from rayjobs.tracking import parent_run as sweep_parent_run
+    from rayjobs.tracking import store as mlflow_store
 
-    how = ensure_ray(log_to_driver=worker_logs)
+    if base_cfg.ray.run_name:
+        raise ConfigError("ray_run_name / ray.run_name names the Ray Train run of `prefsweep train`; a sweep names "
+                          "each trial's run after the trial: remove it")
+    how = ensure_ray(log_to_driver=worker_logs, init_kwargs=base_cfg.ray.init_kwargs)
     per_trial = per_trial_resources(base_cfg)
     concurrency = spec.max_concurrent_trials or default_concurrency(cluster_resources(), per_trial)
     storage = storage_root(spec)
@@ -275,8 +291,7 @@ def run(source: str | Path | dict, overrides: list[str] = (), *, worker_logs: bo
         flush=True,
     )
 
-    if spec.reference_cache:
-        build_reference_caches(spec, base_cfg)
+    cache_infos = build_reference_caches(spec, base_cfg) if spec.reference_cache else []
     experiment_id = mlflow_store.ensure_experiment()
     previous = read_parent_run(exp_path) if resume else None
     if previous is not None and previous.get("tracking_uri") == mlflow_store.tracking_uri():
@@ -291,7 +306,8 @@ def run(source: str | Path | dict, overrides: list[str] = (), *, worker_logs: bo
             logger.warning("no MLflow parent run recorded in %s for this tracking store: a new one is started",
                            exp_path)
         parent_run_id = sweep_parent_run.start_sweep_parent(
-            spec.source, spec.path, experiment_id=experiment_id, run_name=spec.name
+            spec.source, spec.path, experiment_id=experiment_id, run_name=spec.name,
+            tags=reference_cache_tags(cache_infos),
         )
         write_parent_run(exp_path, {"run_id": parent_run_id, "experiment_id": experiment_id,
                                     "tracking_uri": mlflow_store.tracking_uri()})
@@ -335,7 +351,8 @@ def run(source: str | Path | dict, overrides: list[str] = (), *, worker_logs: bo
 def register_best(spec: SweepSpec, parent_run_id: str, output_root: Path):
     """`register_best: true`: the best trial's model, registered under the sweep's name; a failure is reported,
     never fatal (the sweep's results are all in by now)."""
-    from rayjobs import best_model, mlflow_store
+    from rayjobs.tracking import best_model
+    from rayjobs.tracking import store as mlflow_store
 
     try:
         return best_model.register_best(parent_run_id, spec.name, output_root, mlflow_store.tracking_uri())
@@ -383,7 +400,7 @@ def restore_tuner(path: str, trainable):
 
 def trial_summaries(grid, spec: SweepSpec, base: TrainConfig) -> list:
     """One `TrialSummary` per Tune result: sampled values and final metric (curves come from MLflow)."""
-    from rayjobs.leaderboard import EXTRA_METRICS, TrialSummary
+    from rayjobs.tracking.leaderboard import EXTRA_METRICS, TrialSummary
 
     summaries = []
     for result in grid:

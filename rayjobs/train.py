@@ -20,16 +20,14 @@ Hugging Face's Trainer inside each worker.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
-import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rayjobs.train_loop import TrainLoop
 from trainer.config import TrainConfig, load_config, with_overrides
 from trainer.errors import ConfigError
 from trainer.losses import loss_help
@@ -109,28 +107,6 @@ def prepare_config(source: str | Path | dict, overrides: Sequence[str] | dict = 
     return cfg
 
 
-@dataclass
-class TrainLoop:
-    """What each Ray Train worker is handed (`train_loop_config={"loop": TrainLoop}`): the parsed config
-    and how to run it. Pickled to the workers as it is; they never re-read or re-parse the YAML."""
-
-    config: TrainConfig
-    """The run's validated config, local paths absolute (see `prepare_config`)."""
-    invocation: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex)
-    """Id of this `fit()`: workers resume only from checkpoints it wrote (see `rayjobs.worker`)."""
-    progress: bool = False
-    """Rank 0 draws a Ray progress bar."""
-    name: str | None = None
-    """The progress bar's label (default: the output dir's name)."""
-    metric: str | None = None
-    """A sweep's metric, reported first at every step (see `rayjobs.worker.RayReportCallback`)."""
-    tracking: dict | None = None
-    """Keyword arguments of `rayjobs.tracking.MlflowLoggingCallback` but `config`, or None: no MLflow."""
-    callbacks: list = dataclasses.field(default_factory=list)
-    """Factories `f(world_rank) -> TrainerCallback | None` each worker adds (picklable; tests install
-    fault injection this way)."""
-
-
 # ----------------------------------------------------------------------------------------- driver
 
 
@@ -148,7 +124,8 @@ def scaling_config(cfg: TrainConfig):
     resources = cfg.ray.resources_per_worker
     if resources is not None:
         resources = {k.upper() if k.lower() in ("cpu", "gpu") else k: float(v) for k, v in resources.items()}
-    return ScalingConfig(num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu, resources_per_worker=resources)
+    return ScalingConfig(num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu, resources_per_worker=resources,
+                         placement_strategy=cfg.ray.placement_strategy)
 
 
 def worker_config(cfg: TrainConfig, *, progress: bool) -> TrainConfig:
@@ -199,7 +176,9 @@ def make_torch_trainer(
     return TorchTrainer(
         train_fn_per_worker,
         train_loop_config={"loop": loop},
-        torch_config=TorchConfig(backend="nccl" if cfg.ray.use_gpu else "gloo"),
+        # Ray Train, not transformers, opens the process group: ddp_timeout (LF sets it) is its timeout
+        torch_config=TorchConfig(backend="nccl" if cfg.ray.use_gpu else "gloo",
+                                 timeout_s=int(cfg.training.get("ddp_timeout") or 1800)),
         scaling_config=scaling_config(cfg),
         run_config=RunConfig(
             name=name,
@@ -217,7 +196,8 @@ def tracking_args(*, run_name: str, experiment_id: str | None, parent_run_id: st
                   log_model: bool = False) -> dict:
     """Plain keyword arguments for the workers' MLflow callback (store, experiment and tags resolved
     here, where `MLFLOW_*` are set; `experiment_id` None: the store was down, rank 0 resolves the name)."""
-    from rayjobs import mlflow_store, mlflow_tags
+    from rayjobs.tracking import store as mlflow_store
+    from rayjobs.tracking import tags as mlflow_tags
 
     return {
         "tracking_uri": mlflow_store.tracking_uri(),
@@ -234,14 +214,14 @@ def run(source: str | Path | dict, overrides: Sequence[str] = (), *, log_model: 
         track: bool = True) -> dict[str, float]:
     """Train one run (through Ray Train unless `use_ray: false`); return its final metrics."""
     cfg = prepare_config(source, overrides)
-    run_name = cfg.output_dir.name
+    run_name = cfg.ray.run_name or cfg.output_dir.name
     if cfg.use_ray:
         from rayjobs.local_ray import ensure_ray
 
-        ensure_ray()  # before the MLflow tags, which record the Ray job id
+        ensure_ray(init_kwargs=cfg.ray.init_kwargs)  # before the MLflow tags, which record the Ray job id
     tracking = None
     if track:
-        from rayjobs.mlflow_store import try_ensure_experiment
+        from rayjobs.tracking.store import try_ensure_experiment
 
         tracking = tracking_args(run_name=run_name, experiment_id=try_ensure_experiment(), log_model=log_model)
     if not cfg.use_ray:
@@ -258,9 +238,16 @@ def run(source: str | Path | dict, overrides: Sequence[str] = (), *, log_model: 
 def _run_in_process(cfg: TrainConfig, tracking: dict | None) -> dict[str, float]:
     from trainer.workflow import run_training
 
+    if cfg.training.get("bf16") and "use_cpu" not in cfg.given:
+        import torch
+
+        if not torch.cuda.is_available():  # transformers refuses bf16 without a GPU unless told it runs on CPU
+            print("prefsweep: no GPU here: bf16 trains on the CPU (use_cpu: true)", flush=True)
+            cfg = with_overrides(cfg, {"use_cpu": True})
+
     tracker = None
     if tracking is not None:
-        from rayjobs.tracking import MlflowLoggingCallback
+        from rayjobs.tracking.callback import MlflowLoggingCallback
 
         tracker = MlflowLoggingCallback(**tracking, config=cfg.to_flat_dict())
     result = None
@@ -285,7 +272,7 @@ def _print_summary(cfg: TrainConfig, metrics: dict[str, float], *, tracked: bool
     for key in sorted(shown):
         print(f"  {key:32s} {shown[key]:.4f}")
     if tracked:
-        from rayjobs import mlflow_store
+        from rayjobs.tracking import store as mlflow_store
 
         print(f"MLflow: {mlflow_store.ui_command()}")
 

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from transformers import TrainerCallback
 
+from rayjobs.train_loop import TrainLoop
 from trainer.config import with_overrides
-
-if TYPE_CHECKING:
-    from rayjobs.train import TrainLoop
 
 INVOCATION_FILE = "prefsweep_invocation.txt"
 """Written into each checkpoint reported to Ray: which `fit()` made it (see `_resume_checkpoint`)."""
@@ -168,7 +166,7 @@ def run_worker(loop: TrainLoop) -> None:
         callbacks.append(RayProgressCallback(loop.name or cfg.output_dir.name))
     tracker = None
     if loop.tracking is not None:
-        from rayjobs.tracking import MlflowLoggingCallback
+        from rayjobs.tracking.callback import MlflowLoggingCallback
 
         tracker = MlflowLoggingCallback(**loop.tracking, config=cfg.to_flat_dict())
         callbacks.append(tracker)

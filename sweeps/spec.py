@@ -36,22 +36,21 @@ from __future__ import annotations
 import copy
 import difflib
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from sweeps.dimensions import Conditional, Dimension, parse_space
+from sweeps.dimensions import Dimension, parse_space
 from sweeps.key_errors import nearest, unknown_key
 from sweeps.spec_checks import check_conditions, check_corners, check_metric_is_evaluated
+from sweeps.spec_model import DEFAULT_METRIC, SchedulerSpec, SweepSpec
 from trainer.config import apply_overrides, load_config, parse_override, read_yaml, valid_keys
 from trainer.errors import ConfigError
 
 SEARCHES = ("random", "grid", "optuna")
 SCHEDULERS = ("none", "asha")
 MODES = ("max", "min")
-DEFAULT_METRIC = "eval_rewards/accuracies"
 RESOURCE_KEYS = ("num_workers", "use_gpu", "resources_per_worker")
 
 # What the trainer logs (DESIGN.md), each also with an `eval_` prefix at evaluation.
@@ -84,59 +83,6 @@ SPEC_KEYS = {
 }
 ASHA_KEYS = ("type", "time_attr", "grace_period", "reduction_factor", "max_t", "brackets")
 
-
-@dataclass
-class SchedulerSpec:
-    type: str = "none"
-    time_attr: str | None = None
-    """Ray Tune result key that counts progress; default `evaluations` for eval metrics, else `step`."""
-    grace_period: int = 1
-    reduction_factor: float = 2.0
-    max_t: int | None = None
-    """Stop every trial once `time_attr` reaches it (default: never; trials end on their own)."""
-    brackets: int = 1
-
-
-@dataclass
-class SweepSpec:
-    name: str
-    base: dict
-    """The raw base training config, overrides applied (flat LLaMA-Factory keys + `ray:`)."""
-    space: dict
-    metric: str = DEFAULT_METRIC
-    mode: str = "max"
-    num_samples: int = 1
-    search: str = "random"
-    search_seed: int = 0
-    scheduler: SchedulerSpec = field(default_factory=SchedulerSpec)
-    max_concurrent_trials: int | None = None
-    storage_path: str | None = None
-    log_model: bool = False
-    register_best: bool = False
-    """After the sweep: the best trial's weights as an MLflow logged model, registered as `name` (rayjobs.best_model)."""
-    reference_cache: bool = True
-    """Build the reference log-prob caches the trials read (trainer.ref_cache) before they start."""
-    description: str = ""
-    tiny_model: str | None = None
-    """Build the offline tiny model here (where the driver runs) before the trials when it is missing."""
-    source: dict = field(default_factory=dict)
-    """The spec as written (plus overrides): what MLflow records on the parent run."""
-    path: str | None = None
-
-    def fixed_value(self, key: str) -> Any:
-        """The base config's value of `key` (its default when the base leaves it out)."""
-        if key in self.base:
-            return self.base[key]
-        return load_config(self.base).to_flat_dict().get(key)
-
-    def possible_values(self, key: str) -> tuple:
-        """Every value `key` can take in this sweep (for `by` keys: categorical or fixed)."""
-        dim = self.space.get(key)
-        if dim is None:
-            return (self.fixed_value(key),)
-        if isinstance(dim, Conditional) or not dim.categorical:
-            raise ConfigError(f"space.{key}: a `by` key must be a grid or choice dimension, or fixed")
-        return dim.values()
 
 
 # ---------------------------------------------------------------------------------------- parsing

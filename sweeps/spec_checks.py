@@ -5,14 +5,11 @@ valid training config, so a bad trial fails before Ray starts."""
 from __future__ import annotations
 
 import itertools
-from typing import TYPE_CHECKING
 
 from sweeps.dimensions import Conditional, Dimension
+from sweeps.spec_model import SweepSpec
 from trainer.config import apply_overrides, load_config
 from trainer.errors import ConfigError
-
-if TYPE_CHECKING:
-    from sweeps.spec import SweepSpec
 
 
 def check_conditions(spec: SweepSpec) -> None:

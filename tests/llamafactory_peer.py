@@ -21,14 +21,14 @@ LF_PRELUDE = textwrap.dedent(
     from llamafactory.hparams import DataArguments, ModelArguments
     from llamafactory.data import get_template_and_fix_tokenizer, get_dataset
 
-    def lf_dataset(tok_dir, data_dir, template, dataset, stage, **data_kwargs):
+    def lf_dataset(tok_dir, data_dir, template, dataset, stage, processor=None, **data_kwargs):
         tok = AutoTokenizer.from_pretrained(tok_dir, padding_side="right")
         data_args = DataArguments(template=template, dataset=dataset, dataset_dir=data_dir, overwrite_cache=True,
                                   **data_kwargs)
         training_args = Seq2SeqTrainingArguments(output_dir=tempfile.mkdtemp(), seed=42, report_to="none")
         template = get_template_and_fix_tokenizer(tok, data_args)
         module = get_dataset(template, ModelArguments(model_name_or_path=tok_dir), data_args, training_args,
-                             stage=stage, tokenizer=tok, processor=None)
+                             stage=stage, tokenizer=tok, processor=processor)
         return module, tok
 
     strip = lambda ds: [{k: v for k, v in r.items() if k not in ("images", "videos", "audios")} for r in ds]

@@ -7,7 +7,8 @@ It builds the inputs of tests/template_cases.py, then runs LF (`get_template_and
 (`tests/llamafactory_peer.py`) and writes what LF tokenized, compactly: per template, the tokenizer's eos,
 pad, size and chat template (sha256) after LF fixed it, and the rows as [prompt, chosen, rejected] (pairs)
 or [prompt, response, kl response, kto_tag] (kto), after checking that the labels mask exactly the prompt.
-Keys are the template name, `NAME/nothink` for reasoning templates with `enable_thinking: false`.
+Keys are the template name, or NAME/VARIANT with the options of tests/template_cases.py's VARIANTS
+(`nothink`: every reasoning template with `enable_thinking: false`; `qwen3/preserve`, `qwen/default_system`).
 Multimodal-family templates get a stand-in processor: on rows without media LF reads nothing from it.
 CI never runs this; tests/test_template_goldens.py compares prefsweep with what it wrote.
 """
@@ -27,6 +28,7 @@ from tests.template_cases import (
     KTO_DATASET,
     PAIRWISE_DATASETS,
     SHARED_TOKENIZERS,
+    VARIANTS,
     build_tiny_tokenizer,
     family_templates,
     write_data,
@@ -41,7 +43,7 @@ from llamafactory.data.template import TEMPLATES as LF_TEMPLATES
 
 tok_dir, data_dir, cutoff, runs = sys.argv[1], sys.argv[2], int(sys.argv[3]), json.loads(sys.argv[4])
 out = {}
-for name, thinking in runs:
+for key, name, options in runs:
     multimodal = type(LF_TEMPLATES[name].mm_plugin).__name__ != "BasePlugin"
     entry = {}
     tok = None
@@ -50,27 +52,13 @@ for name, thinking in runs:
         processor = MagicMock(boi_token="<start_of_image>", full_image_sequence="<start_of_image>",
                               image_seq_length=256)
         module, tok = lf_dataset(tok_dir, data_dir, name, dataset, stage, cutoff_len=cutoff,
-                                 enable_thinking=thinking, processor=processor if multimodal else None)
+                                 processor=processor if multimodal else None, **options)
         entry[stage] = strip(module["train_dataset"])
     sha = hashlib.sha256((tok.chat_template or "").encode()).hexdigest()
     entry["tokenizer"] = [tok.eos_token, tok.pad_token, len(tok), sha]
-    out[name + ("" if thinking else "/nothink")] = entry
+    out[key] = entry
 print("@@LF@@" + json.dumps(out))
 """
-# lf_dataset of tests/llamafactory_peer.py, with a processor argument
-LF_DATASET = """
-def lf_dataset(tok_dir, data_dir, template, dataset, stage, processor=None, **data_kwargs):
-    tok = AutoTokenizer.from_pretrained(tok_dir, padding_side="right")
-    data_args = DataArguments(template=template, dataset=dataset, dataset_dir=data_dir, overwrite_cache=True,
-                              **data_kwargs)
-    training_args = Seq2SeqTrainingArguments(output_dir=tempfile.mkdtemp(), seed=42, report_to="none")
-    template = get_template_and_fix_tokenizer(tok, data_args)
-    module = get_dataset(template, ModelArguments(model_name_or_path=tok_dir), data_args, training_args,
-                         stage=stage, tokenizer=tok, processor=processor)
-    return module, tok
-"""
-
-
 def compact_pair(row: dict) -> list[list[int]]:
     n_prompt = row["chosen_labels"].count(IGNORE_INDEX)
     prompt = row["chosen_input_ids"][:n_prompt]
@@ -87,9 +75,13 @@ def compact_kto(row: dict) -> list:
     return [row["input_ids"][:n], row["input_ids"][n:], row["kl_input_ids"][n_kl:], row["kto_tags"]]
 
 
-def runs_for(names: list[str]) -> list[tuple[str, bool]]:
-    runs = [(name, True) for name in names]
-    return runs + [(name, False) for name in names if TEMPLATES[name].thinking is not None]
+def runs_for(names: list[str]) -> list[tuple[str, str, dict]]:
+    """(golden key, template, LF data options): every template, reasoning ones also without thinking."""
+    runs = [(name, name, {}) for name in names]
+    for variant, (only, options) in VARIANTS.items():
+        chosen = [only] if only in names else [n for n in names if only is None and TEMPLATES[n].thinking]
+        runs += [(f"{name}/{variant}", name, options) for name in chosen]
+    return runs
 
 
 def main(argv: list[str]) -> int:
@@ -102,7 +94,7 @@ def main(argv: list[str]) -> int:
             tok_dir, names = build_tiny_tokenizer(root, data), list(TEMPLATES)
         else:
             tok_dir, names = SHARED_TOKENIZERS / tokenizer, family_templates(tokenizer, list(TEMPLATES))
-        script = LF_DATASET + f"PAIRWISE, KTO = {PAIRWISE_DATASETS!r}, {KTO_DATASET!r}\n" + LF_SCRIPT
+        script = f"PAIRWISE, KTO = {PAIRWISE_DATASETS!r}, {KTO_DATASET!r}\n" + LF_SCRIPT
         lf = run_llamafactory(
             script, tok_dir, data, CUTOFF_LEN, json.dumps(runs_for(names)), cache=root / "cache"
         )

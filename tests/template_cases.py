@@ -76,6 +76,14 @@ DATASET_INFO = {
 PAIRWISE_DATASETS = "pairs_sharegpt,demo,pairs_alpaca"
 KTO_DATASET = "kto"
 
+# Golden keys are `NAME` (LF's defaults) or `NAME/VARIANT` with these LF data options: `nothink` for every
+# reasoning template, the others for the one template named.
+VARIANTS = {
+    "nothink": (None, {"enable_thinking": False}),
+    "preserve": ("qwen3", {"preserve_thinking": True}),
+    "default_system": ("qwen", {"default_system": "Be kind."}),
+}
+
 # Templates checked on each real tokenizer: those of its model family (name prefixes).
 FAMILIES = {
     "qwen3": ("qwen", "chatml"),

@@ -68,6 +68,12 @@ def test_reasoning_templates_follow_enable_thinking(tok):
     prompt, chosen, rejected = decoded(tok, "qwen3_nothink", 1)
     assert prompt.startswith(Q + "<think>\nA greeting.\n</think>\n\nHello!") and rejected == "Lyon.<|im_end|>\n"
     assert decoded(tok, "glm4_7", 4)[1].startswith("</think>")  # GLM-4.7: an empty thought is the closing tag
+    assert decoded(tok, "qwen3/preserve", 1)[0].startswith(Q + "<think>\nA greeting.\n</think>\n\nHello!")
+
+
+def test_default_system_replaces_the_templates(tok):
+    assert decoded(tok, "qwen/default_system", 4)[0].startswith("<|im_start|>system\nBe kind.<|im_end|>\n")
+    assert decoded(tok, "qwen/default_system", 0) == decoded(tok, "qwen", 0)  # the row's own system wins
 
 
 def test_missing_pad_becomes_eos_and_default_rewrites_the_chat_template(tok):

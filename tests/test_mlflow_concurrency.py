@@ -19,7 +19,9 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from rayjobs import mlflow_store, spool_file, sweep_parent_run
+from rayjobs.tracking import parent_run as sweep_parent_run
+from rayjobs.tracking import spool_file
+from rayjobs.tracking import store as mlflow_store
 from tests.mlflow_servers import APT_LINE, MlflowServer, Postgres, postgres_bin
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,7 +39,7 @@ def write_trial(uri: str, experiment_id: str, parent_run_id: str, trial: str, ou
     and print what it measured as JSON."""
     from transformers import TrainerControl, TrainerState, TrainingArguments
 
-    from rayjobs.tracking import MlflowLoggingCallback
+    from rayjobs.tracking.callback import MlflowLoggingCallback
 
     i = int(trial)
     callback = MlflowLoggingCallback(

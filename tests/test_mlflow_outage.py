@@ -29,8 +29,11 @@ import pytest
 from mlflow import MlflowClient
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from rayjobs import mlflow_spool, mlflow_store, mlflow_sync, spool_file
-from rayjobs.tracking import MlflowLoggingCallback
+from rayjobs.tracking import spool as mlflow_spool
+from rayjobs.tracking import spool_file
+from rayjobs.tracking import store as mlflow_store
+from rayjobs.tracking import sync as mlflow_sync
+from rayjobs.tracking.callback import MlflowLoggingCallback
 from tests.mlflow_servers import MlflowServer, free_port
 from trainer.config import load_config
 from trainer.workflow import run_training
@@ -223,7 +226,7 @@ def test_a_server_gone_for_good_leaves_a_spool_that_syncs_exactly_once(tiny_mode
         points = assert_exactly_once(client, run.info.run_id, out)
 
         # Again, through the CLI entry: nothing left, nothing doubled.
-        again = subprocess.run([sys.executable, "-m", "rayjobs.mlflow_sync", str(out)], cwd=REPO,
+        again = subprocess.run([sys.executable, "-m", "rayjobs.tracking.sync", str(out)], cwd=REPO,
                                capture_output=True, text=True, timeout=120)  # fmt: skip
         assert again.returncode == 0 and "up to date" in again.stdout, again.stderr
         # With the spool's sent markers lost (a crash before they reached the disk): the history is

@@ -201,6 +201,13 @@ def test_job_submitted_sweep_is_recorded_in_mlflow(ray_head, tiny_model, tmp_pat
     parent = parents[0]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert len(children) == 2
+    # reference-cache tags in the store: the driver built the one cache (parent: miss, its build time);
+    # the sigmoid trial read it (hit, built nothing: 0 s), simpo is reference-free (off)
+    assert parent.data.tags["prefsweep.ref_cache"] == "miss"
+    assert float(parent.data.tags["prefsweep.ref_cache_build_s"]) > 0
+    cache_tags = {c.data.params["pref_loss"]: (c.data.tags.get("prefsweep.ref_cache"),
+                                               c.data.tags.get("prefsweep.ref_cache_build_s")) for c in children}
+    assert cache_tags == {"sigmoid": ("hit", "0.000"), "simpo": ("off", "0.000")}
     assert {c.data.params["pref_loss"] for c in children} == {"sigmoid", "simpo"}
     for child in children:
         assert child.info.status == "FINISHED"

@@ -22,6 +22,7 @@ from tests.template_cases import (
     KTO_DATASET,
     PAIRWISE_DATASETS,
     SHARED_TOKENIZERS,
+    VARIANTS,
     build_tiny_tokenizer,
     family_templates,
     fresh_tokenizer,
@@ -44,10 +45,12 @@ CASES = [(tok, key) for tok, goldens in GOLDEN.items() for key in sorted(goldens
 def test_goldens_cover_every_template():
     """The tiny goldens hold every registered template, and reasoning ones with thinking off too."""
     reasoning = [name for name, entry in TEMPLATES.items() if entry.thinking is not None]
-    assert sorted(GOLDEN["tiny"]) == sorted([*TEMPLATES, *(f"{n}/nothink" for n in reasoning)])
+    variants = ["qwen3/preserve", "qwen/default_system"]
+    assert sorted(GOLDEN["tiny"]) == sorted([*TEMPLATES, *(f"{n}/nothink" for n in reasoning), *variants])
     assert len(TEMPLATES) == 121 and len(reasoning) == 25
     for tokenizer in ("qwen3", "llama3.1", "gemma3"):
         assert sorted({key.split("/")[0] for key in GOLDEN[tokenizer]}) == family_templates(tokenizer, sorted(TEMPLATES))
+    assert set(variants) <= set(GOLDEN["qwen3"])
     assert {"qwen3", "qwen3_nothink", "qwen3_5", "qwen2_vl"} <= set(GOLDEN["qwen3"])
     assert {"llama3", "mllama", "llava_next_llama3"} <= set(GOLDEN["llama3.1"])
     assert {"gemma", "gemma2", "gemma3", "gemma3n"} <= set(GOLDEN["gemma3"])
@@ -103,9 +106,9 @@ def test_template_equals_llamafactory(inputs, tokenizer, key):
     if not path.exists():
         pytest.skip(f"{path} is absent (the shared real tokenizers are only in the dev setting)")
     golden = GOLDEN[tokenizer][key]
-    name, _, mode = key.partition("/")
+    name, _, variant = key.partition("/")
     tok = fresh_tokenizer(path)
-    template = get_template_and_fix_tokenizer(tok, name, enable_thinking=mode != "nothink")
+    template = get_template_and_fix_tokenizer(tok, name, **(VARIANTS[variant][1] if variant else {}))
     pairs = PairwiseEncoder(template=template, tokenizer=tok, cutoff_len=CUTOFF_LEN)(inputs["batches"]["dpo"])
     kto = FeedbackEncoder(template=template, tokenizer=tok, cutoff_len=CUTOFF_LEN)(inputs["batches"]["kto"])
     assert compact_pairs(pairs) == golden["pairs"]

@@ -21,9 +21,13 @@ from mlflow import MlflowClient
 from PIL import Image
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
-from rayjobs import mlflow_params, mlflow_store, mlflow_tags, sweep_parent_run
-from rayjobs.leaderboard import TrialSummary
-from rayjobs.tracking import MlflowLoggingCallback
+from rayjobs.tracking import client as mlflow_client
+from rayjobs.tracking import params as mlflow_params
+from rayjobs.tracking import parent_run as sweep_parent_run
+from rayjobs.tracking import store as mlflow_store
+from rayjobs.tracking import tags as mlflow_tags
+from rayjobs.tracking.callback import MlflowLoggingCallback
+from rayjobs.tracking.leaderboard import TrialSummary
 from trainer.plotting import plot_curves
 
 SECRET = "hf_q8Zr2LmN5vXc7TyW3pKd9sJf4HbG6aE1"
@@ -502,7 +506,7 @@ def test_only_transient_store_errors_are_retried(monkeypatch):
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE
 
-    monkeypatch.setattr(mlflow_store.time, "sleep", lambda s: None)
+    monkeypatch.setattr(mlflow_client.time, "sleep", lambda s: None)
     calls = []
 
     def flaky(code, failures):
@@ -511,8 +515,8 @@ def test_only_transient_store_errors_are_retried(monkeypatch):
             raise MlflowException("locked", error_code=code)
         return "ok"
 
-    assert mlflow_store.with_retries(flaky, TEMPORARILY_UNAVAILABLE, 2) == "ok" and len(calls) == 3
+    assert mlflow_client.with_retries(flaky, TEMPORARILY_UNAVAILABLE, 2) == "ok" and len(calls) == 3
     calls.clear()
     with pytest.raises(MlflowException):
-        mlflow_store.with_retries(flaky, INVALID_PARAMETER_VALUE, 1)
+        mlflow_client.with_retries(flaky, INVALID_PARAMETER_VALUE, 1)
     assert len(calls) == 1

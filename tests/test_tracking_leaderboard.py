@@ -17,8 +17,8 @@ import math
 
 import pytest
 
-from rayjobs import leaderboard, report_plots
-from rayjobs.leaderboard import TrialSummary
+from rayjobs.tracking import leaderboard, report_plots
+from rayjobs.tracking.leaderboard import TrialSummary
 
 
 def trial(name: str, final: float | None, best: float | None, loss: str = "sigmoid", beta: float = 0.1):

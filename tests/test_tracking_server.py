@@ -13,8 +13,9 @@ import yaml
 from mlflow import MlflowClient
 from PIL import Image
 
-from rayjobs import mlflow_store, sweep_parent_run
-from rayjobs.leaderboard import TrialSummary
+from rayjobs.tracking import parent_run as sweep_parent_run
+from rayjobs.tracking import store as mlflow_store
+from rayjobs.tracking.leaderboard import TrialSummary
 from tests.mlflow_servers import MlflowServer
 from tests.test_tracking import EXPECTED_PNGS, METRIC, SPEC, artifact_names, make_config, run_trial
 

@@ -13,10 +13,11 @@ import torch
 from mlflow import MlflowClient
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from rayjobs import best_model, leaderboard, mlflow_store
-from rayjobs.leaderboard import TrialSummary
+from rayjobs.tracking import best_model, leaderboard
+from rayjobs.tracking import store as mlflow_store
+from rayjobs.tracking.leaderboard import TrialSummary
+from rayjobs.tracking.trial_outputs import GENERATION_TABLE
 from rayjobs.train import run as train_run
-from rayjobs.trial_outputs import GENERATION_TABLE
 from trainer.generation import GENERATIONS_NAME, win_rate
 
 

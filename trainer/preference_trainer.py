@@ -155,9 +155,12 @@ class PreferenceTrainer(Trainer):
                 reference.model.to(self.args.device)
         if self.is_deepspeed_enabled:
             load_deepspeed_checkpoints_weights_only()  # resume: no unpickling of DeepSpeed's files
-        if ref_sync is not None:
+        if ref_sync is not None and reference.kind != "self":  # "self": evaluation only, nothing moves
             if reference.model is None:
                 raise ValueError(f"sync_ref_model needs a separate reference model, but the reference is {reference.kind}")
+            if self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3:
+                raise ValueError("sync_ref_model with DeepSpeed ZeRO-3 is not supported (partitioned weights); "
+                                 "use ZeRO-1/2")
             self.add_callback(ReferenceSyncCallback(self, *ref_sync))
 
     # ---- forward passes -------------------------------------------------------------------------

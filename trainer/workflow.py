@@ -17,7 +17,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback, set_seed
 
-from trainer.config import RESOLVED_CONFIG_NAME, TrainConfig, resolve_resume
+from trainer.config import REF_CACHE_NAME, RESOLVED_CONFIG_NAME, TrainConfig, resolve_resume
 from trainer.data import load_preference_data, make_collator
 from trainer.losses import get_loss
 from trainer.models import build_reference, compute_dtype, load_policy, load_tokenizer
@@ -26,9 +26,8 @@ from trainer.preference_trainer import PreferenceTrainer, loss_kwargs
 from trainer.ref_cache import CacheInfo, attach, prepare
 
 logger = logging.getLogger("prefsweep")
-# CacheInfo of the run plus its MLflow tags, for the tracking side; rewritten at the end with
-# run_reference_forwards (RunResult.reference_forwards of rank 0).
-REF_CACHE_NAME = "ref_cache.json"
+# REF_CACHE_NAME holds the CacheInfo of the run plus its MLflow tags, for the tracking side; rewritten at
+# the end with run_reference_forwards (RunResult.reference_forwards of rank 0).
 TRAINER_STATE_NAME = "trainer_state.json"
 
 

@@ -32,6 +32,7 @@ from trainer.config.resume import resolve_resume
 from trainer.config.schema import (
     FINETUNING_TYPES,
     GROUPS,
+    REF_CACHE_NAME,
     RESOLVED_CONFIG_NAME,
     SUPPORTED_STAGES,
     DataArguments,
@@ -51,6 +52,7 @@ __all__ = [
     "LEGACY_FLAGS",
     "LEGACY_KEYS",
     "LF_ONLY_STAGES",
+    "REF_CACHE_NAME",
     "RESOLVED_CONFIG_NAME",
     "SUPPORTED_STAGES",
     "ConfigError",

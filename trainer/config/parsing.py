@@ -18,6 +18,7 @@ import yaml
 
 from trainer.config.coerce import coerce
 from trainer.config.lf_compat import legacy_key_names, map_legacy_keys
+from trainer.config.lf_keys import lf_key_names, map_lf_keys
 from trainer.config.schema import (
     GROUPS,
     DataArguments,
@@ -40,7 +41,7 @@ def training_fields() -> dict[str, Any]:
 
 def valid_keys() -> list[str]:
     keys = [f.name for g in GROUPS.values() for f in dataclasses.fields(g)]
-    return keys + list(training_fields()) + ["use_ray", "ray"] + legacy_key_names()
+    return keys + list(training_fields()) + ["use_ray", "ray"] + legacy_key_names() + lf_key_names()
 
 
 def unknown_key_error(key: str, candidates: list[str], where: str = "") -> ConfigError:
@@ -114,7 +115,7 @@ def with_overrides(cfg: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
 
 
 def _build(given: dict[str, Any]) -> TrainConfig:
-    raw = map_legacy_keys(given)
+    raw = map_lf_keys(map_legacy_keys(given))
     training_types = training_fields()
     group_values: dict[str, dict[str, Any]] = {name: {} for name in GROUPS}
     field_group = {f.name: (name, f) for name, cls in GROUPS.items() for f in dataclasses.fields(cls)}

@@ -20,12 +20,15 @@ from trainer.losses.config_checks import combined_name
 SUPPORTED_STAGES = ("dpo", "kto")
 FINETUNING_TYPES = ("full", "lora", "freeze")
 RESOLVED_CONFIG_NAME = "resolved_config.yaml"
+"""Written into output_dir by every run: the config it ran, as flat YAML."""
+REF_CACHE_NAME = "ref_cache.json"
+"""Written into output_dir by every run: what happened to its reference cache, with the MLflow tags."""
 
 
 @dataclass
 class ModelArguments:
     model_name_or_path: str | None = None
-    """Local directory (or hub id, for users with a hub) of the policy's starting weights."""
+    """Local directory or hub id (through the hub cache: HF_HOME, HF_HUB_OFFLINE) of the policy's start."""
     ref_model: str | None = None
     """Separate reference model; default: LoRA policy with adapters off, or a frozen copy of the start."""
     model_revision: str = "main"
@@ -39,11 +42,11 @@ class ModelArguments:
 @dataclass
 class DataArguments:
     dataset: str | None = None
-    """Comma-separated dataset names from `dataset_dir/dataset_info.json`."""
+    """Comma-separated names from `dataset_dir/dataset_info.json`, or TRL-format files / folders / hub ids."""
     eval_dataset: str | None = None
     """Comma-separated dataset names evaluated instead of a `val_size` split."""
     dataset_dir: str = "data"
-    """Folder holding `dataset_info.json` and the data files."""
+    """Folder holding `dataset_info.json` and the data files, or `REMOTE:<hub dataset repo>` holding one."""
     template: str | None = None
     """LLaMA-Factory template name (qwen3_nothink, llama3, gemma3 ...); unset: the tokenizer's chat_template."""
     cutoff_len: int = 2048
@@ -66,6 +69,10 @@ class DataArguments:
     """Replaces the template's default system prompt."""
     tokenized_path: str | None = None
     """Folder of the tokenized dataset: saved there when absent, loaded from it when present."""
+    mix_strategy: Literal["concat", "interleave_under", "interleave_over"] = "concat"
+    """How several datasets merge: concatenated, or interleaved until the first (under) or last (over) runs out."""
+    interleave_probs: str | list[float] | None = None
+    """Comma-separated sampling probability of each dataset when interleaving (default: equal)."""
 
 
 @dataclass
@@ -160,6 +167,12 @@ class RayArguments:
     """Checkpoints kept by Ray Train (None: all)."""
     max_failures: int = 0
     """Worker-group restarts allowed before the run fails."""
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    """How a run's workers are placed on nodes (Ray's placement group strategy)."""
+    run_name: str | None = None
+    """Name of the Ray Train run of `prefsweep train` (default: the output dir's name); sweeps name trials."""
+    init_kwargs: dict[str, Any] | None = None
+    """Extra `ray.init` keywords (e.g. runtime_env, num_cpus for a local Ray); not `address` (use RAY_ADDRESS)."""
 
 
 @dataclass

@@ -12,6 +12,7 @@ from typing import Any
 
 from trainer.config.coerce import as_list
 from trainer.config.lf_compat import LF_ONLY_STAGES
+from trainer.config.lf_keys import check_lf_surface
 from trainer.config.schema import (
     FINETUNING_TYPES,
     SUPPORTED_STAGES,
@@ -88,6 +89,7 @@ def validate(cfg: TrainConfig) -> None:
 
     validate_generation_keys(cfg)
     _validate_ray(cfg.ray)
+    check_lf_surface(cfg)
     _validate_training(training)
     _validate_output_dir(cfg)
     try:

@@ -90,10 +90,29 @@ def _source_key(source: Source, max_samples: int | None, seed: int) -> str:
     )
 
 
-def _merge(sources: list[Source]) -> datasets.Dataset | None:
+def interleave_probs(data_args: Any) -> list[float] | None:
+    probs = data_args.interleave_probs
+    if probs is None:
+        return None
+    return [float(p) for p in probs.split(",")] if isinstance(probs, str) else [float(p) for p in probs]
+
+
+def _merge(sources: list[Source], data_args: Any, seed: int) -> datasets.Dataset | None:
+    """LF's `merge_dataset`: concatenated, or interleaved with `interleave_probs` (seeded); `interleave_under`
+    stops when the first dataset runs out, `interleave_over` when the last does (the others repeat)."""
     if not sources:
         return None
-    return datasets.concatenate_datasets([s.rows for s in sources]) if len(sources) > 1 else sources[0].rows
+    if len(sources) == 1:
+        return sources[0].rows
+    rows = [s.rows for s in sources]
+    if data_args.mix_strategy == "concat":
+        return datasets.concatenate_datasets(rows)
+    return datasets.interleave_datasets(
+        rows,
+        probabilities=interleave_probs(data_args),
+        seed=seed,
+        stopping_strategy="first_exhausted" if data_args.mix_strategy.endswith("under") else "all_exhausted",
+    )
 
 
 def _split(rows: datasets.Dataset, val_size: float, seed: int) -> tuple[datasets.Dataset, datasets.Dataset]:
@@ -209,11 +228,12 @@ def build(
     for source in train_sources + eval_sources:
         skipped.update(source.skipped)
 
-    train_rows, eval_rows = _merge(train_sources), _merge(eval_sources)
+    train_rows, eval_rows = _merge(train_sources, data_args, seed), _merge(eval_sources, data_args, seed)
     train_keys = [_source_key(s, data_args.max_samples, seed) for s in train_sources]
     eval_keys = [_source_key(s, data_args.max_samples, seed) for s in eval_sources]
     # eval rows may depend on the train sources too: num_samples draws from one RNG, train datasets first
-    train_key, eval_key = _sha256(train_keys), _sha256(train_keys, eval_keys)
+    mix = (data_args.mix_strategy, interleave_probs(data_args), seed)
+    train_key, eval_key = _sha256(train_keys, mix), _sha256(train_keys, eval_keys, mix)
     if train_rows is not None and val_size > 1e-6:
         train_rows, eval_rows = _split(train_rows, val_size, seed)
         train_key, eval_key = (

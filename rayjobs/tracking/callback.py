@@ -1,16 +1,17 @@
 """MLflow recording of one training run from inside the Hugging Face Trainer: `MlflowLoggingCallback`.
 
-A trial's run holds the resolved config as flattened params (secrets redacted, `rayjobs.mlflow_params`),
+A trial's run holds the resolved config as flattened params (secrets redacted, `rayjobs.tracking.params`),
 every metric the trainer logs at its step, the PNG curves, `resolved_config.yaml`, `trainer_state.json` and
-tags (loss, git commit, dataset fingerprint, Ray job; `rayjobs.mlflow_tags`). Only rank 0 logs: other ranks'
+tags (loss, git commit, dataset fingerprint, Ray job; `rayjobs.tracking.tags`). Only rank 0 logs: other ranks'
 callbacks never open a client. Rank 0 logs through an on-disk spool and a background sender
-(`rayjobs.mlflow_spool`), so a tracking outage neither stops nor slows training and loses no point;
-`prefsweep mlflow-sync OUTPUT_DIR` replays what is left. Where runs go: `rayjobs.mlflow_store`; a sweep's
-parent run: `rayjobs.sweep_parent_run`.
+(`rayjobs.tracking.spool`), so a tracking outage neither stops nor slows training and loses no point;
+`prefsweep mlflow-sync OUTPUT_DIR` replays what is left. Where runs go: `rayjobs.tracking.store`; a sweep's
+parent run: `rayjobs.tracking.parent_run`.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -18,15 +19,16 @@ from pathlib import Path
 
 import yaml
 from mlflow import MlflowClient
-from mlflow.entities import Param, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from transformers import TrainerCallback
 
-from rayjobs.mlflow_params import dump_yaml, flatten_params, param_key
-from rayjobs.mlflow_store import ensure_experiment, experiment_name, find_child_run, with_retries
-from rayjobs.mlflow_tags import TAG_DATASET_FINGERPRINT, TAG_KIND, TAG_LOSS, TAG_TRIAL, run_context_tags
+from rayjobs.tracking.client import fail_fast_http, is_permanent, with_retries
+from rayjobs.tracking.params import dump_yaml, flatten_params, param_key
+from rayjobs.tracking.runs import open_run
+from rayjobs.tracking.store import experiment_name, resolve_experiment
+from rayjobs.tracking.tags import TAG_DATASET_FINGERPRINT, TAG_KIND, TAG_LOSS, TAG_TRIAL, run_context_tags
+from trainer.config import REF_CACHE_NAME, RESOLVED_CONFIG_NAME
 
-RESOLVED_CONFIG_NAME = "resolved_config.yaml"  # same name trainer/config/schema.py names into output_dir
 RUN_FILES = ("trainer_state.json", "all_results.json", "train_results.json", "eval_results.json")
 # What `log_model: true` uploads from output_dir (top level only; checkpoints stay out).
 MODEL_FILE_PATTERNS = ("*.safetensors", "*.bin", "*.json", "*.model", "*.txt", "*.jinja", "*.tiktoken")
@@ -46,7 +48,7 @@ class MlflowLoggingCallback(TrainerCallback):
     lets the tracking store stop or slow the training.
 
     Everything goes first to an on-disk spool in the output dir (`mlflow_spool.jsonl`, one fsync'd line per
-    logging step) and is sent by a background thread (`rayjobs.mlflow_spool`), retried while the store is
+    logging step) and is sent by a background thread (`rayjobs.tracking.spool`), retried while the store is
     down; whatever is unsent when the run ends stays there for `prefsweep mlflow-sync OUTPUT_DIR`.
 
     `on_train_begin` opens the spool and the run: a child of `parent_run_id` when given (an existing child
@@ -73,7 +75,7 @@ class MlflowLoggingCallback(TrainerCallback):
         experiment_name: str | None = None,
         flush_timeout_s: float | None = None,
     ):
-        from rayjobs import mlflow_spool
+        from rayjobs.tracking import spool as mlflow_spool
 
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
@@ -90,7 +92,7 @@ class MlflowLoggingCallback(TrainerCallback):
         self._sender = None
         self._last_timestamp = 0
         self._dropped = 0  # dropped_log_batches once the spool is closed
-        self._system_metrics = None  # rank 0's MLflow SystemMetricsMonitor (rayjobs.trial_outputs)
+        self._system_metrics = None  # rank 0's MLflow SystemMetricsMonitor (rayjobs.tracking.trial_outputs)
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_client": None, "_spool": None, "_sender": None, "_system_metrics": None}
@@ -115,8 +117,6 @@ class MlflowLoggingCallback(TrainerCallback):
         second, and the driver can still end the run (`finalize_run(status="FAILED")`) if no worker
         ever started. Without it, rank 0's `on_train_begin` does the same.
         """
-        from rayjobs.mlflow_spool import fail_fast_http, is_permanent
-
         if self._client is None:
             fail_fast_http(self.tracking_uri)
             try:
@@ -135,35 +135,24 @@ class MlflowLoggingCallback(TrainerCallback):
     def _open_now(self) -> None:
         """The driver's synchronous open (no spool: the driver has no output dir of its own)."""
         client = self._client = MlflowClient(self.tracking_uri)
-        experiment_id = self.experiment_id or ensure_experiment(self.experiment_name, uri=self.tracking_uri)
-        tags = self._run_tags()
-        run_id = self.run_id
-        if run_id is None and self.parent_run_id is not None:
-            run_id = find_child_run(client, experiment_id, self.parent_run_id, self.run_name)
-        if run_id is None:
-            run = with_retries(client.create_run, experiment_id, run_name=self.run_name, tags=tags)
-            run_id, logged = run.info.run_id, {}
-        else:
-            with_retries(client.update_run, run_id, status="RUNNING")
-            logged = client.get_run(run_id).data.params
-        self.run_id = run_id
-        params = flatten_params(self.config)
-        changed = sorted(k for k, v in params.items() if k in logged and logged[k] != v)
-        if changed:
-            logger.warning("MLflow run %s keeps its first values of params %s", run_id, changed)
-        with_retries(
-            client.log_batch,
-            run_id,
-            params=[Param(k, v) for k, v in params.items() if k not in logged],
-            tags=[RunTag(k, str(v)) for k, v in tags.items()],
+        self.run_id, _ = open_run(
+            client,
+            experiment_id=lambda: resolve_experiment(self.experiment_id, self.experiment_name, uri=self.tracking_uri),
+            run_name=self.run_name,
+            params=flatten_params(self.config),
+            tags=self._run_tags(),
+            run_id=self.run_id,
+            parent_run_id=self.parent_run_id,
+            call=with_retries,
         )
 
     def on_train_begin(self, args, state, control, **kwargs):
         if not state.is_world_process_zero or self._spool is not None:
             return
-        from rayjobs import mlflow_spool, spool_file
+        from rayjobs.tracking import spool as mlflow_spool
+        from rayjobs.tracking import spool_file
 
-        mlflow_spool.fail_fast_http(self.tracking_uri)
+        fail_fast_http(self.tracking_uri)
         header = {
             "tracking_uri": self.tracking_uri,
             "experiment_id": self.experiment_id,
@@ -183,7 +172,7 @@ class MlflowLoggingCallback(TrainerCallback):
         # A healthy store has the run before the first step (a dead one fails at once, a hung one is
         # given OPEN_WAIT_S); the sender keeps retrying either way.
         self._sender.wait_sent(spool.state.items[-1]["seq"], mlflow_spool.OPEN_WAIT_S)
-        from rayjobs.trial_outputs import start_system_metrics
+        from rayjobs.tracking.trial_outputs import start_system_metrics
 
         self._system_metrics = start_system_metrics(self.tracking_uri, self.run_id)
 
@@ -246,12 +235,13 @@ class MlflowLoggingCallback(TrainerCallback):
                 where += [[_relative(p, spool.path.parent), "model"] for p in _model_files(output_dir)]
             texts = {RESOLVED_CONFIG_NAME: self._resolved_config_yaml(output_dir)}
             self._spool_item({"op": "artifacts", "files": where, "texts": texts})
-            from rayjobs import trial_outputs
+            from rayjobs.tracking import trial_outputs
 
             trial_outputs.stop_system_metrics(self._system_metrics)
             self._system_metrics = None
             self._spool_item(trial_outputs.outputs_item(output_dir, self.config, dataset_fingerprint))
             tags = {TAG_DATASET_FINGERPRINT: dataset_fingerprint} if dataset_fingerprint else {}
+            tags.update(_ref_cache_tags(output_dir))
             self._spool_item({"op": "tags", "tags": tags, "count_dropped": True})
             self._spool_item({"op": "end", "status": status})
             sent = sender.flush(self.flush_timeout_s)
@@ -291,6 +281,16 @@ class MlflowLoggingCallback(TrainerCallback):
             except yaml.YAMLError:
                 pass
         return dump_yaml(self.config)
+
+
+def _ref_cache_tags(output_dir: Path) -> dict[str, str]:
+    """`prefsweep.ref_cache` (hit|miss|off) and its build time, from the run's `ref_cache.json` (written
+    before training starts, so a run that failed later still has them)."""
+    try:
+        tags = json.loads((output_dir / REF_CACHE_NAME).read_text()).get("tags")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {str(k): str(v) for k, v in tags.items()} if isinstance(tags, dict) else {}
 
 
 def _env_experiment_name() -> str:

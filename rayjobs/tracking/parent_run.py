@@ -11,17 +11,19 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-from rayjobs import leaderboard, report_plots
-from rayjobs.leaderboard import TrialSummary
-from rayjobs.mlflow_params import dump_yaml, flatten_params, param_key
-from rayjobs.mlflow_store import tracking_uri
-from rayjobs.mlflow_tags import TAG_KIND, run_context_tags
+from rayjobs.tracking import leaderboard, report_plots
+from rayjobs.tracking.leaderboard import TrialSummary
+from rayjobs.tracking.params import dump_yaml, flatten_params, param_key
+from rayjobs.tracking.store import tracking_uri
+from rayjobs.tracking.tags import TAG_KIND, run_context_tags
 
 
-def start_sweep_parent(spec: dict, spec_path: str | None, *, experiment_id: str, run_name: str) -> str:
-    """Create the sweep's parent run (left RUNNING): the spec as params and as `sweep_spec.yaml`."""
+def start_sweep_parent(spec: dict, spec_path: str | None, *, experiment_id: str, run_name: str,
+                       tags: dict[str, str] | None = None) -> str:
+    """Create the sweep's parent run (left RUNNING): the spec as params and as `sweep_spec.yaml`; `tags`
+    added to the context tags."""
     client = MlflowClient(tracking_uri())
-    tags = {**run_context_tags(), TAG_KIND: "sweep"}
+    tags = {**run_context_tags(), TAG_KIND: "sweep", **(tags or {})}
     if spec_path:
         tags["prefsweep.sweep_spec_path"] = str(spec_path)
     run = client.create_run(experiment_id, run_name=run_name, tags=tags)

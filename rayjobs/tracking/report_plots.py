@@ -10,7 +10,7 @@ from collections import defaultdict
 
 from matplotlib.figure import Figure
 
-from rayjobs.leaderboard import TrialSummary, score
+from rayjobs.tracking.leaderboard import TrialSummary, score
 
 
 def metric_vs_beta(trials: list[TrialSummary], metric: str, *, scope: str = "last") -> Figure:

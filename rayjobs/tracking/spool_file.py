@@ -4,8 +4,8 @@ one JSON object a line.
 Every param, tag, metric point, artifact list and the final status is an *item* (`op` one of ITEM_OPS) with a
 sequence number; notes record the run's id once created (`run`), the last item that reached the store
 (`sent`) and items the store refused for good (`dropped`). A line torn by a crash mid-write is skipped on
-reading: the items before it are intact. The sender and the replay are in `rayjobs.mlflow_spool` and
-`rayjobs.mlflow_sync`.
+reading: the items before it are intact. The sender and the replay are in `rayjobs.tracking.spool` and
+`rayjobs.tracking.sync`.
 """
 
 from __future__ import annotations

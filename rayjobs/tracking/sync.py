@@ -1,5 +1,5 @@
-"""`prefsweep mlflow-sync OUTPUT_DIR ...` (`python -m rayjobs.mlflow_sync`): send what runs could not send
-while the tracking server was down, from the spool files (`rayjobs.spool_file`) in their output dirs.
+"""`prefsweep mlflow-sync OUTPUT_DIR ...` (`python -m rayjobs.tracking.sync`): send what runs could not send
+while the tracking server was down, from the spool files (`rayjobs.tracking.spool_file`) in their output dirs.
 
 Replays never duplicate: a metric point keeps the timestamp it was spooled with, and points already in the
 run's history are skipped. Not safe to run on a directory whose run is still training.
@@ -14,9 +14,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from rayjobs import mlflow_spool
-from rayjobs.mlflow_spool import Delivery, fail_fast_http, is_permanent, short_error
-from rayjobs.spool_file import SPOOL_GLOB, SPOOL_NAME, Spool, SpoolState
+from rayjobs.tracking import spool as mlflow_spool
+from rayjobs.tracking.client import fail_fast_http, is_permanent, short_error
+from rayjobs.tracking.spool import Delivery
+from rayjobs.tracking.spool_file import SPOOL_GLOB, SPOOL_NAME, Spool, SpoolState
 
 
 @dataclass

@@ -12,12 +12,13 @@ from __future__ import annotations
 import logging
 import os
 import re
-import time
 from pathlib import Path
 
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+from rayjobs.tracking.client import fail_fast_http, is_permanent
 
 DEFAULT_EXPERIMENT_NAME = "prefsweep"
 # Without this tag MLflow 3's UI opens an experiment in its GenAI view; with it, the training-runs table.
@@ -87,11 +88,14 @@ def ensure_experiment(name: str | None = None, uri: str | None = None) -> str:
     return experiment.experiment_id
 
 
+def resolve_experiment(experiment_id: str | None, name: str | None = None, uri: str | None = None) -> str:
+    """`experiment_id` when the driver resolved one, else the experiment by name (created if missing)."""
+    return experiment_id or ensure_experiment(name, uri=uri)
+
+
 def try_ensure_experiment(name: str | None = None) -> str | None:
     """`ensure_experiment()` for a driver that must not wait on a dead server: None (with a warning) when
     the store is unreachable; pass it on with `experiment_name` and rank 0 resolves it when the store is back."""
-    from rayjobs.mlflow_spool import fail_fast_http, is_permanent
-
     fail_fast_http(tracking_uri())
     try:
         return ensure_experiment(name)
@@ -109,18 +113,6 @@ def ui_command() -> str:
     if uri.startswith(("http://", "https://")):
         return f"open {uri}"
     return f"mlflow ui --backend-store-uri {uri}"
-
-
-def with_retries(call, *args, tries: int = 4, **kwargs):
-    """SQLite allows one writer; parallel trials may find it locked past MLflow's own busy timeout, which
-    MLflow reports as TEMPORARILY_UNAVAILABLE. Other errors are not retried."""
-    for attempt in range(tries):
-        try:
-            return call(*args, **kwargs)
-        except MlflowException as err:
-            if err.error_code != "TEMPORARILY_UNAVAILABLE" or attempt == tries - 1:
-                raise
-            time.sleep(0.5 * 2**attempt)
 
 
 def find_child_run(client: MlflowClient, experiment_id: str, parent_run_id: str, run_name: str) -> str | None:

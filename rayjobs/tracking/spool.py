@@ -1,6 +1,6 @@
 """Delivery of a run's spooled MLflow items to the tracking store, so that training never waits on, or dies
-with, the tracking server. The spool file is `rayjobs.spool_file`; `prefsweep mlflow-sync OUTPUT_DIR`
-(`rayjobs.mlflow_sync`) replays what is left.
+with, the tracking server. The spool file is `rayjobs.tracking.spool_file`; `prefsweep mlflow-sync OUTPUT_DIR`
+(`rayjobs.tracking.sync`) replays what is left.
 
     training thread (on_log)                          sender (daemon thread)
       append one JSON line, fsync  -->  <output_dir>/mlflow_spool.jsonl  <--  "run" / "sent" markers
@@ -23,16 +23,18 @@ from __future__ import annotations
 
 import collections
 import logging
-import os
 import threading
 import time
 
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, RunTag
 from mlflow.exceptions import MlflowException
 
-from rayjobs import mlflow_store, mlflow_tags
-from rayjobs.spool_file import Spool, metric_points
+from rayjobs.tracking.client import is_permanent, short_error
+from rayjobs.tracking.runs import open_run
+from rayjobs.tracking.spool_file import Spool, metric_points
+from rayjobs.tracking.store import resolve_experiment
+from rayjobs.tracking.tags import TAG_DROPPED_LOG_BATCHES
 
 logger = logging.getLogger("prefsweep.mlflow")
 
@@ -42,28 +44,6 @@ OPEN_WAIT_S = 2.0  # how long the start of training waits for the run to be open
 MAX_PENDING = 10_000  # items held in memory; past that the spool file is the queue
 MAX_METRICS_PER_REQUEST = 1000  # MLflow's log_batch limit
 BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 8.0)  # then 8 s between tries for as long as the outage lasts
-# MLflow answers these for requests that will never succeed as sent; anything else (connection refused,
-# timeouts, 5xx, SQLite locked, auth) may pass later, so it is retried and, failing that, stays spooled.
-PERMANENT_ERRORS = {
-    "BAD_REQUEST",
-    "INVALID_PARAMETER_VALUE",
-    "RESOURCE_DOES_NOT_EXIST",
-    "RESOURCE_ALREADY_EXISTS",
-    "INVALID_STATE",
-}
-
-
-def fail_fast_http(uri: str) -> None:
-    """Make MLflow's HTTP client give up on a dead server at once (its defaults: 7 retries with backoff and
-    a 120 s timeout, minutes per call): the sender retries on its own schedule. Process-wide (MLflow reads
-    these per request), and only where the user has not set them."""
-    if uri.startswith(("http://", "https://")):
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-
-
-def is_permanent(err: BaseException) -> bool:
-    return isinstance(err, MlflowException) and err.error_code in PERMANENT_ERRORS
 
 
 # ------------------------------------------------------------------------------------------- delivery
@@ -107,7 +87,7 @@ class Delivery:
             tags = dict(items[0]["tags"])
             dropped = sum(1 for d in self.spool.state.dropped if d["item"] == "metrics")
             if items[0].get("count_dropped") and dropped:
-                tags[mlflow_tags.TAG_DROPPED_LOG_BATCHES] = str(dropped)
+                tags[TAG_DROPPED_LOG_BATCHES] = str(dropped)
             if tags:
                 self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
         elif op == "artifacts":
@@ -118,7 +98,7 @@ class Delivery:
             for name, text in items[0].get("texts", {}).items():
                 self.client.log_text(self.run_id, text, name)
         elif op == "outputs":
-            from rayjobs import trial_outputs
+            from rayjobs.tracking import trial_outputs
 
             trial_outputs.deliver(self.client, self.run_id, self.spool.path.parent, items[0])
         elif op == "end":
@@ -131,56 +111,22 @@ class Delivery:
         return self._history[key]
 
     def _open(self, item: dict) -> None:
-        """Find or create the run, then log params not yet logged (a run keeps its first values) and tags."""
-        client, created = self.client, False
-        run_id = self.run_id or item.get("run_id") or self._find(item)
-        if run_id is not None:
-            try:
-                run = client.get_run(run_id)
-            except MlflowException as err:
-                if err.error_code != "RESOURCE_DOES_NOT_EXIST":
-                    raise
-                logger.warning("MLflow: run %s is not in %s; creating a new one", run_id, client.tracking_uri)
-                run_id = self._find(item)
-                run = client.get_run(run_id) if run_id else None
-        if run_id is None:
-            experiment_id = self._experiment_id(item)
-            tags = {**item["tags"], TAG_SPOOL_ID: item["spool_id"]}
-            run = client.create_run(experiment_id, run_name=item["run_name"], tags=tags)
-            run_id, created = run.info.run_id, True
+        """Find or create the run (see `rayjobs.tracking.runs.open_run`), marked with this spool's id."""
+        run_id, _ = open_run(
+            self.client,
+            experiment_id=lambda: resolve_experiment(item.get("experiment_id"), item.get("experiment_name"),
+                                                     uri=self.client.tracking_uri),
+            run_name=item["run_name"],
+            params=item["params"],
+            tags=item["tags"],
+            run_id=self.run_id or item.get("run_id"),
+            parent_run_id=item.get("parent_run_id"),
+            marker=(TAG_SPOOL_ID, item["spool_id"]),
+        )
         if run_id != self.run_id:
             self.spool.mark_run(run_id)
             if self.on_run is not None:
                 self.on_run(run_id)
-        if not created:
-            client.update_run(run_id, status="RUNNING")
-        logged = run.data.params
-        changed = sorted(k for k, v in item["params"].items() if k in logged and logged[k] != v)
-        if changed:
-            logger.warning("MLflow run %s keeps its first values of params %s", run_id, changed)
-        client.log_batch(
-            run_id,
-            params=[Param(k, v) for k, v in item["params"].items() if k not in logged],
-            tags=[RunTag(k, str(v)) for k, v in item["tags"].items()],
-        )
-
-    def _experiment_id(self, item: dict) -> str:
-        """The driver's experiment id; when the driver could not reach the store, the experiment by name."""
-        if item.get("experiment_id"):
-            return item["experiment_id"]
-        return mlflow_store.ensure_experiment(item.get("experiment_name"), uri=self.client.tracking_uri)
-
-    def _find(self, item: dict) -> str | None:
-        """A run this spool created before (its create answer lost), else the parent's child of this name."""
-        experiment_id = self._experiment_id(item)
-        runs = self.client.search_runs(
-            [experiment_id], filter_string=f"tags.`{TAG_SPOOL_ID}` = '{item['spool_id']}'", max_results=1
-        )
-        if runs:
-            return runs[0].info.run_id
-        if item.get("parent_run_id"):
-            return mlflow_store.find_child_run(self.client, experiment_id, item["parent_run_id"], item["run_name"])
-        return None
 
 
 def _groups(items: list[dict], single_upto: int = 0):
@@ -350,8 +296,3 @@ class Sender(threading.Thread):
         self._stop_event.set()
         with self._cv:
             self._cv.notify_all()
-
-
-def short_error(err: BaseException) -> str:
-    text = str(err).splitlines()[0] if str(err) else type(err).__name__
-    return text if len(text) <= 300 else text[:300] + "..."
