@@ -24,7 +24,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-IGNORE_INDEX = -100
+from trainer.atomic_write import write_atomic
+from trainer.labels import IGNORE_INDEX
+
 MIB = 1024 * 1024
 
 
@@ -363,11 +365,7 @@ def print_profile(name: str, run: dict[str, Any]) -> None:
 
 
 def write_json(path: str | Path, payload: dict[str, Any]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(payload, indent=2, default=str))
 
 
 def median(values: list[float]) -> float:

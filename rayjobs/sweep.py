@@ -264,11 +264,12 @@ def run(source: str | Path | dict, overrides: list[str] = (), *, worker_logs: bo
         if ensure_tiny_model(spec.tiny_model):  # e.g. in a `ray job submit` working dir: models/ is git-ignored
             print(f"prefsweep: built the tiny model at {Path(spec.tiny_model).resolve()} "
                   f"(`prefsweep make-tiny-model {spec.tiny_model}`: it was not in {Path.cwd()})", flush=True)
-        from trainer.reward_model import ensure_demo_reward_model
+    if spec.tiny_reward_model:
+        from trainer.reward_model import ensure_tiny_reward_model
 
-        if ensure_demo_reward_model(spec.base.get("eval_reward_model"), spec.tiny_model):
-            print(f"prefsweep: built the tiny reward model at {Path(spec.base['eval_reward_model']).resolve()}",
-                  flush=True)
+        if ensure_tiny_reward_model(spec.tiny_reward_model, spec.tiny_model):
+            print(f"prefsweep: built the tiny reward model at {Path(spec.tiny_reward_model).resolve()} "
+                  f"(`make tiny-reward-model`: it was not in {Path.cwd()})", flush=True)
     base_cfg = prepare_config(spec.base)
 
     from ray import tune

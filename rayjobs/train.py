@@ -56,9 +56,10 @@ def absolute_paths(cfg: TrainConfig, base: Path | None = None) -> dict[str, Any]
         path = Path(value).expanduser()
         return str(path if path.is_absolute() else base / path)
 
+    remote = cfg.data.dataset_dir.startswith("REMOTE:")  # a hub repo, not a path
     fixed: dict[str, Any] = {
         "output_dir": absolute(str(cfg.output_dir)),
-        "dataset_dir": absolute(cfg.data.dataset_dir),
+        "dataset_dir": cfg.data.dataset_dir if remote else absolute(cfg.data.dataset_dir),
     }
     for key in ("model_name_or_path", "ref_model"):
         value = getattr(cfg.model, key)
@@ -103,7 +104,8 @@ def prepare_config(source: str | Path | dict, overrides: Sequence[str] | dict = 
     readable here: the one parse of a run."""
     cfg = load_config(source, list(overrides) if not isinstance(overrides, dict) else overrides)
     cfg = with_overrides(cfg, absolute_paths(cfg))
-    check_models(cfg.model)  # a wrong path or an uncached hub id: one line here, before any worker starts
+    # a wrong path or an uncached hub id: one line here, before any worker starts
+    check_models(cfg.model, eval_reward_model=getattr(cfg.finetuning, "eval_reward_model", None))
     return cfg
 
 

@@ -4,13 +4,12 @@ parsing from the spec's `space:` mapping (see `sweeps.spec` for the format)."""
 
 from __future__ import annotations
 
-import difflib
 import math
 from dataclasses import dataclass
 from typing import Any
 
 from sweeps.key_errors import unknown_key
-from trainer.errors import ConfigError
+from trainer.errors import ConfigError, did_you_mean
 
 KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 
@@ -119,9 +118,7 @@ def parse_space(node: Any, *, config_keys: list[str]) -> dict:
         if key == "ray" or str(key).startswith("ray."):
             raise ConfigError(f"{where}: Ray resources are not swept; set trial_resources instead")
         if key not in config_keys:
-            near = difflib.get_close_matches(str(key), config_keys, n=1)
-            hint = f"; did you mean {near[0]!r}?" if near else ""
-            raise ConfigError(f"space: {key!r} is not a training config key{hint}")
+            raise ConfigError(f"space: {key!r} is not a training config key{did_you_mean(str(key), config_keys)}")
         if isinstance(dim, dict) and "by" in dim:
             extra = set(dim) - {"by", "values"}
             if extra:

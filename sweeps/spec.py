@@ -34,7 +34,6 @@ trial overrides and names; `sweeps.tune_space` turns a spec into Ray Tune / Optu
 from __future__ import annotations
 
 import copy
-import difflib
 import re
 from pathlib import Path
 from typing import Any
@@ -42,11 +41,11 @@ from typing import Any
 import yaml
 
 from sweeps.dimensions import Dimension, parse_space
-from sweeps.key_errors import nearest, unknown_key
+from sweeps.key_errors import unknown_key
 from sweeps.spec_checks import check_conditions, check_corners, check_metric_is_evaluated
 from sweeps.spec_model import DEFAULT_METRIC, SchedulerSpec, SweepSpec
 from trainer.config import apply_overrides, load_config, parse_override, read_yaml, valid_keys
-from trainer.errors import ConfigError
+from trainer.errors import ConfigError, did_you_mean
 
 SEARCHES = ("random", "grid", "optuna")
 SCHEDULERS = ("none", "asha")
@@ -78,6 +77,7 @@ SPEC_KEYS = {
     "log_model": "upload each trial's final model to MLflow (default false)",
     "reference_cache": "compute reference log-probs once before the trials (default true)",
     "register_best": "log the best trial's model to MLflow and register it under the sweep's name (default false)",
+    "tiny_reward_model": "likewise `make tiny-reward-model`'s tiny reward model, built from tiny_model",
     "tiny_model": "a folder the driver fills with `prefsweep make-tiny-model`'s default tiny model when it is "
     "missing (a `ray job submit --working-dir .` uploads no git-ignored folder such as models/)",
 }
@@ -100,8 +100,7 @@ def _dotted(overrides: list[str] | dict) -> tuple[dict, dict]:
         elif key in config_keys or head == "ray":
             config_part[key] = value
         else:
-            near = nearest(key, list(SPEC_KEYS) + config_keys)
-            hint = f"; did you mean {near!r}?" if near else ""
+            hint = did_you_mean(key, list(SPEC_KEYS) + config_keys, prefixes=True)
             raise ConfigError(f"override {key!r} is neither a sweep key nor a training config key{hint}")
     return spec_part, config_part
 
@@ -208,15 +207,16 @@ def _build(raw: dict, path: str | None, config_overrides: dict) -> SweepSpec:
         raise ConfigError(f"mode must be one of {list(MODES)}, got {mode!r}")
     metric = raw.get("metric", DEFAULT_METRIC)
     if metric not in KNOWN_METRICS:
-        near = difflib.get_close_matches(str(metric), KNOWN_METRICS, n=1)
-        hint = f"; did you mean {near[0]!r}?" if near else ""
-        raise ConfigError(f"metric {metric!r} is not logged by the trainer{hint}")
+        raise ConfigError(f"metric {metric!r} is not logged by the trainer{did_you_mean(str(metric), KNOWN_METRICS)}")
     num_samples = raw.get("num_samples", 1)
     if not isinstance(num_samples, int) or num_samples < 1:
         raise ConfigError(f"num_samples must be an integer >= 1, got {num_samples!r}")
-    tiny_model = raw.get("tiny_model")
-    if tiny_model is not None and (not isinstance(tiny_model, str) or not tiny_model.strip()):
-        raise ConfigError(f"tiny_model: expected a folder path, got {tiny_model!r}")
+    tiny_model, tiny_rm = raw.get("tiny_model"), raw.get("tiny_reward_model")
+    for key, value in (("tiny_model", tiny_model), ("tiny_reward_model", tiny_rm)):
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise ConfigError(f"{key}: expected a folder path, got {value!r}")
+    if tiny_rm and not tiny_model:
+        raise ConfigError("tiny_reward_model is built from tiny_model: set tiny_model too")
     concurrent = raw.get("max_concurrent_trials")
     if concurrent is not None and (not isinstance(concurrent, int) or concurrent < 1):
         raise ConfigError(f"max_concurrent_trials must be an integer >= 1 or null, got {concurrent!r}")
@@ -238,6 +238,7 @@ def _build(raw: dict, path: str | None, config_overrides: dict) -> SweepSpec:
         register_best=bool(raw.get("register_best", False)),
         description=str(raw.get("description") or ""),
         tiny_model=tiny_model,
+        tiny_reward_model=tiny_rm,
         source={**raw, "base": raw["base"], "overrides": {**inline, **config_overrides}},
         path=path,
     )

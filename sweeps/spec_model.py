@@ -46,6 +46,8 @@ class SweepSpec:
     description: str = ""
     tiny_model: str | None = None
     """Build the offline tiny model here (where the driver runs) before the trials when it is missing."""
+    tiny_reward_model: str | None = None
+    """Likewise the demo's tiny reward model (needs tiny_model)."""
     source: dict = field(default_factory=dict)
     """The spec as written (plus overrides): what MLflow records on the parent run."""
     path: str | None = None

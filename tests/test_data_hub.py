@@ -201,3 +201,19 @@ def test_hub_model_and_trl_hub_dataset_train_offline(tiny_model, tmp_path, hf_ho
     losses = [e["loss"] for e in run_training(cfg).log_history if "loss" in e]
     assert losses[0] == pytest.approx(math.log(2), abs=1e-4)
     assert len(losses) == 4 and losses[-1] < losses[0]
+
+
+def test_driver_keeps_remote_dataset_dir_and_makes_trl_paths_absolute(tmp_path, hf_home, monkeypatch):
+    """What the driver ships to workers in other working dirs: REMOTE: stays a hub repo, a TRL file
+    named relative to the working dir becomes absolute, registered names stay names."""
+    from rayjobs.train import absolute_paths
+
+    info = {"inrepo": {**PAIRS, "file_name": "pairs.jsonl"}}
+    cached_repo(hf_home, "org/registry", {"dataset_info.json": json.dumps(info), "pairs.jsonl": pairs("r", 2)})
+    cfg = load_config({"model_name_or_path": "m", "dataset": "inrepo", "dataset_dir": "REMOTE:org/registry",
+                       "output_dir": str(tmp_path / "out")})
+    assert absolute_paths(cfg)["dataset_dir"] == "REMOTE:org/registry" and "dataset" not in absolute_paths(cfg)
+    (tmp_path / "mine.jsonl").write_text(json.dumps({"prompt": "Q", "chosen": "A", "rejected": "B"}))
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config({"model_name_or_path": "m", "dataset": "mine.jsonl", "output_dir": "out"})
+    assert absolute_paths(cfg, tmp_path)["dataset"] == str(tmp_path / "mine.jsonl")

@@ -161,3 +161,16 @@ def test_generation_markers_set_the_response_start(tok):
         "<|im_start|>assistant\n"
     )
     assert tok.decode(response) == "Paris.<|im_end|>\n"  # the marked span and what follows it
+
+
+def test_a_full_vocabulary_still_holds_every_templates_tokens():
+    """On the demo data BPE could fill all 512 ids; the template tokens are kept out of its budget."""
+    from tests.template_cases import REPO
+    from trainer.tiny_model import iter_texts, template_special_tokens, train_tokenizer
+
+    tok = train_tokenizer(list(iter_texts([REPO / "data" / "dpo_en_demo.json"])), vocab_size=512, model_max_length=64)
+    assert len(tok) == 512 and not any(t.startswith("<|reserved_") for t in tok.get_vocab())  # BPE filled it
+    for token in template_special_tokens():
+        assert len(tok.encode(token, add_special_tokens=False)) == 1, token
+    assert tok.encode("isopropyl sop", add_special_tokens=False)[-1] == tok.convert_tokens_to_ids("sop")
+    assert tok.convert_tokens_to_ids("sop") not in tok.encode("isopropyl", add_special_tokens=False)

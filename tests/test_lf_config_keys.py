@@ -26,6 +26,7 @@ from trainer.config.lf_keys import (
     LF_TRAINING_EXTRAS,
     MAPPED,
     REFUSED,
+    map_lf_keys,
     render_docs,
 )
 from trainer.config.parsing import training_fields
@@ -96,6 +97,17 @@ def one_line(raw: dict) -> str:
 def test_refused_key_names_itself_and_why(base, key, value, fragment):
     message = one_line({**base, key: value})
     assert message.startswith(f"{key}: {value!r} is not supported by prefsweep: ") and fragment in message
+
+
+def test_every_refused_key_is_one_line_naming_it():
+    """A value other than LF's default (a string no key takes by default) for each refused key."""
+    for key in list(REFUSED) + list(LF_TRAINING_EXTRAS):
+        if isinstance(REFUSED.get(key, (None,))[0], frozenset):
+            continue  # accepted either way
+        with pytest.raises(ConfigError) as err:
+            map_lf_keys({key: "surely-not-default"})
+        message = str(err.value)
+        assert message.startswith(f"{key}: 'surely-not-default' is not supported by prefsweep: ") and "\n" not in message
 
 
 def test_refused_keys_at_their_lf_default_parse(base):
@@ -197,3 +209,20 @@ def test_lf_style_dpo_config_with_mix_and_eval_dataset_trains(tiny_model, data_d
     metrics = train.run(path, track=False)
     assert first_loss(tmp_path / "dpo") == pytest.approx(math.log(2), abs=1e-4)
     assert "eval_loss" in metrics and math.isfinite(metrics["eval_loss"])
+
+
+def test_lf_current_dpo_example_is_accepted_unchanged_but_the_model(tmp_path, monkeypatch, caplog):
+    """LF's qwen3 LoRA DPO example with the model pointed at a local folder holding Qwen3's real tokenizer:
+    the driver's parse and model check pass (trust_remote_code: one warning, no code in the folder)."""
+    tokenizer = REPO.parent / "shared" / "tokenizers" / "qwen3"
+    if not tokenizer.is_dir():
+        pytest.skip(f"{tokenizer} (the published Qwen3 tokenizer) is not on this machine")
+    model = Path(shutil.copytree(tokenizer, tmp_path / "qwen3-local"))
+    (model / "config.json").write_text(json.dumps({"model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"]}))
+    monkeypatch.chdir(REPO)  # dataset_dir: data (LF's default), as from a checkout
+    path = lf_config("qwen3_lora_dpo.yaml", tmp_path, model_name_or_path=str(model))
+    cfg = train.prepare_config(path)
+    assert (cfg.data.template, cfg.data.preprocessing_num_workers, cfg.training["ddp_timeout"]) == \
+        ("qwen3_nothink", 16, 180000000)
+    assert cfg.model.trust_remote_code is True and cfg.training["bf16"] is True
+    assert [r.getMessage() for r in caplog.records if "trust_remote_code" in r.getMessage()] != []

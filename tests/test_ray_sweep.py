@@ -287,7 +287,7 @@ def test_demo_spec_submitted_from_a_fresh_checkout_after_make_demo(ray_head, tin
     """The README's newcomer path: `make demo`, then `ray job submit --working-dir . -- python -m
     rayjobs.sweep sweeps/demo.yaml`. Ray uploads no git-ignored file, so the job's working dir has no
     models/tiny-llama; the driver builds the same tiny model there (sweep key `tiny_model`) and the trial
-    trains on it. Kept cheap with overrides a user could type: one trial of 2 steps."""
+    trains on it (the reward model likewise). Kept cheap with overrides a user could type: one trial of 2 steps."""
     checkout = tmp_path / "checkout"
     listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
                             text=True, check=True).stdout.split("\n")
@@ -295,17 +295,20 @@ def test_demo_spec_submitted_from_a_fresh_checkout_after_make_demo(ray_head, tin
         if (REPO / name).is_file():
             (checkout / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, checkout / name)
-    shutil.copytree(tiny_model, checkout / "models" / "tiny-llama")  # what `make demo` leaves behind
+    for name in ("tiny-llama", "tiny-reward"):  # what `make demo` leaves behind (not uploaded by Ray)
+        shutil.copytree(tiny_model, checkout / "models" / name)
     storage = tmp_path / "ray_results"
     run = subprocess.run(
         [str(BIN / "ray"), "job", "submit", "--working-dir", ".", "--", "python", "-m", "rayjobs.sweep",
          "sweeps/demo.yaml", "num_samples=1", "space={pref_beta: {grid: [0.1]}}", "max_steps=2", "eval_steps=2",
-         "eval_generate=0", "eval_reward_model=null", f"storage_path={storage}"],  # no reward model to build
+         "eval_generate=0",
+         f"storage_path={storage}"],
         cwd=checkout, env=head_env_without_mlflow(ray_head), capture_output=True, text=True, timeout=400,
     )
     output = run.stdout + run.stderr
     assert run.returncode == 0, output[-6000:]
     assert "prefsweep: built the tiny model at" in output  # the upload did not carry the user's copy
+    assert "prefsweep: built the tiny reward model at" in output
     assert "sweep 'demo' finished: 1 trials, 0 failed" in output
     (trial,) = (storage / "demo").glob("trial_000_sigmoid_beta0.1")
     reports = [json.loads(line) for line in (trial / "result.json").read_text().splitlines()]

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from pathlib import Path
+
+from trainer.atomic_write import write_atomic
 
 CHECKPOINT_COMPLETE = ".complete"
 """Written last into `checkpoint-N/` (atomically, by rank 0, after every rank wrote its files): a
@@ -62,10 +63,5 @@ def load_deepspeed_checkpoints_weights_only() -> None:
 
 
 def mark_checkpoint_complete(path: str | os.PathLike, step: int) -> None:
-    """Write the marker via a temp file, fsync and rename: it exists whole or not at all."""
-    fd, tmp = tempfile.mkstemp(dir=path, prefix=f"{CHECKPOINT_COMPLETE}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(f"{step}\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, Path(path, CHECKPOINT_COMPLETE))
+    """Write the marker atomically: it exists whole or not at all."""
+    write_atomic(Path(path, CHECKPOINT_COMPLETE), f"{step}\n")

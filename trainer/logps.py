@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-IGNORE_INDEX = -100
+from trainer.labels import IGNORE_INDEX
 
 
 @dataclass

@@ -30,15 +30,20 @@ MODEL_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "*.j
 CODE_CONFIGS = ("config.json", "tokenizer_config.json")
 
 
+# What the checks before training read: a driver on a CPU head node fetches no weights.
+CHECK_FILES = ("*.json",)
+
+
 @functools.lru_cache(maxsize=16)
-def _snapshot(name: str, revision: str | None, cache: str, offline: bool, what: str) -> str:
+def _snapshot(name: str, revision: str | None, cache: str, offline: bool, what: str, patterns: tuple) -> str:
     return str(hub.snapshot(name, repo_type="model", revision=revision, cache_dir=cache,
-                            allow_patterns=MODEL_FILES, what=what))
+                            allow_patterns=list(patterns), what=what))
 
 
 def resolve_model(name: str, *, revision: str | None = None, cache_dir: str | None = None,
-                  key: str = "model_name_or_path") -> str:
-    """A local folder holding the model `name` names; ConfigError (one line) when there is none."""
+                  key: str = "model_name_or_path", patterns: tuple = tuple(MODEL_FILES)) -> str:
+    """A local folder holding the model `name` names (for a hub id: its files matching `patterns`);
+    ConfigError (one line) when there is none."""
     path = Path(name).expanduser()
     if path.is_dir():
         return str(path)
@@ -47,7 +52,7 @@ def resolve_model(name: str, *, revision: str | None = None, cache_dir: str | No
     if hub.looks_like_hub_id(name) and not path.parent.is_dir():  # `models/x` with models/ present: a path
         cache = str(hub.hub_cache(cache_dir))
         return _snapshot(name, revision if revision not in (None, "main") else None, cache, hub.offline(),
-                         f"{key} {name!r} (no such folder in {Path.cwd()})")
+                         f"{key} {name!r} (no such folder in {Path.cwd()})", tuple(patterns))
     raise ConfigError(
         f"{key}: {name} does not exist (not a local model folder, and not a hub id of the form owner/name)"
     )
@@ -72,17 +77,22 @@ def trust_remote_code(folder: str | Path, trust: bool) -> bool:
     return trust and bool(remote_code_files(folder))
 
 
-def check_models(model_args) -> None:
-    """Every model of `model_args` (policy, reference) is readable here, and trust_remote_code is safe.
+def check_models(model_args, **others: str | None) -> None:
+    """Every model of `model_args` (policy, reference) and `others` (key -> path or hub id, e.g. the
+    eval_reward_model) is readable here, and trust_remote_code is safe.
 
     With `trust_remote_code: true` and an unpinned revision: refused when the model ships code, one
     warning when it does not (it loads natively).
     """
+    for key, name in others.items():
+        if name:
+            resolve_model(name, cache_dir=model_args.cache_dir, key=key, patterns=CHECK_FILES)
     for key in ("model_name_or_path", "ref_model"):
         name = getattr(model_args, key, None)
         if not name:
             continue
-        folder = resolve_model(name, revision=model_args.model_revision, cache_dir=model_args.cache_dir, key=key)
+        folder = resolve_model(name, revision=model_args.model_revision, cache_dir=model_args.cache_dir, key=key,
+                               patterns=CHECK_FILES)
         if model_args.trust_remote_code:
             check_remote_code(folder, model_args.model_revision, key=key, name=name)
 

@@ -59,6 +59,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
+from trainer.atomic_write import write_atomic
 from trainer.config import TrainConfig
 from trainer.data import PreferenceData, make_collator
 from trainer.data.collator import REFERENCE_COLUMNS, reference_column_names
@@ -158,7 +159,7 @@ def file_sha256(path: Path, root: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 24), b""):
             digest.update(chunk)
     _HASH_MEMO[stamp] = digest.hexdigest()
-    _write_atomic(record, json.dumps({"stamp": list(stamp), "sha256": digest.hexdigest()}).encode())
+    write_atomic(record, json.dumps({"stamp": list(stamp), "sha256": digest.hexdigest()}).encode())
     return digest.hexdigest()
 
 
@@ -234,16 +235,6 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_atomic(path: Path, blob: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(blob)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
 def read_cache(path: Path, fields: dict[str, Any], rows: dict[str, int]) -> dict[str, pa.Table]:
     """The tables of a valid cache directory. Raises FileNotFoundError if there is none, CacheInvalid if
     it must not be read. Each file is read once: its bytes are checksummed, then parsed."""
@@ -299,7 +290,7 @@ def write_cache(root: Path, key: str, fields: dict[str, Any], tables: dict[str, 
                 os.fsync(handle.fileno())
             files[split] = {"rows": table.num_rows, "sha256": hashlib.sha256(target.read_bytes()).hexdigest()}
         manifest = {"key": key, "key_fields": fields, "files": files, **extra}
-        _write_atomic(tmp / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode())
+        write_atomic(tmp / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode())
         _fsync_dir(tmp)
         for _ in range(3):
             try:

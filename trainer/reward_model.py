@@ -162,22 +162,16 @@ def build_tiny_reward_model(out_dir: str | Path, base: str | Path, dataset: str,
             "first_loss": losses[0] if losses else math.nan, "last_loss": losses[-1] if losses else math.nan}
 
 
-DEMO_REWARD_DIR = "tiny-reward"
-"""The demo's reward model: the folder beside the tiny model (`make tiny-reward-model`: models/tiny-reward)."""
+DEMO_REWARD_MODEL = {"dataset": "dpo_en_demo", "dataset_dir": "data", "skip": 64, "seed": 0}
+"""The Makefile's `make tiny-reward-model` recipe (the demo pairs after the 64 the demo trains on)."""
 
 
-def ensure_demo_reward_model(reward_model: str | None, tiny_model: str | Path) -> bool:
-    """Build the demo's reward model as `make tiny-reward-model` does (from `tiny_model`, on the demo pairs
-    after the first 64) when `reward_model` names the folder beside `tiny_model` and it holds no model;
-    True when it was built. (A `ray job submit` working dir has no git-ignored models/.)"""
-    if not reward_model or Path(reward_model) != Path(tiny_model).parent / DEMO_REWARD_DIR:
+def ensure_tiny_reward_model(out_dir: str | Path, base: str | Path) -> bool:
+    """Build the demo's tiny reward model (as `make tiny-reward-model`) from the tiny model at `base` unless
+    `out_dir` holds one; True when it was built (a `ray job submit` working dir has no git-ignored models/)."""
+    if (Path(out_dir) / "config.json").is_file():
         return False
-    if (Path(reward_model) / "config.json").is_file():
-        return False
-    from trainer.tiny_warmup import DEMO_WARMUP
-
-    build_tiny_reward_model(reward_model, tiny_model, DEMO_WARMUP["dataset"], DEMO_WARMUP["dataset_dir"],
-                            skip=DEMO_WARMUP["skip"], seed=DEMO_WARMUP["seed"])
+    build_tiny_reward_model(out_dir, base, **DEMO_REWARD_MODEL)
     return True
 
 

@@ -20,8 +20,8 @@ have been added, make sure `resize_vocab` is True"). What the templates we serve
   `<|end_header_id|>`.
 
 Beyond these, every template of the registry (`trainer/data/templates/`) names its markup and stop words
-(`<start_of_turn>`, `<|user|>`, ...): they are added as special tokens in the ids BPE left free, so any
-template runs on the tiny model without growing the vocabulary (a vocabulary BPE filled has no room for them).
+(`<start_of_turn>`, `<|user|>`, ...): they are added as special tokens after the BPE vocabulary, so any
+template runs on the tiny model without growing the vocabulary.
 
 So every token above is in the trained vocab as a special token (`<|eom_id|>` included: without it
 `llama3` would add a token), eos is `<|im_end|>` (the ChatML turn end our own chat template uses; chatml
@@ -140,21 +140,21 @@ def train_tokenizer(texts: list[str], *, vocab_size: int, model_max_length: int)
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    # Every template's markup and stop words become special tokens too, so any template runs without LF
+    # adding tokens past the embedding; BPE gets the rest of the vocabulary (a vocabulary too small for
+    # them, below ~340, keeps only the base special tokens). A bare word (chatglm3's `sop`) is matched as a
+    # whole word only.
+    extra = [t for t in template_special_tokens() if t not in SPECIAL_TOKENS]
+    if vocab_size < min_size + len(extra):
+        extra = []
     bpe = trainers.BpeTrainer(
-        vocab_size=vocab_size,
+        vocab_size=vocab_size - len(extra),
         special_tokens=list(SPECIAL_TOKENS),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tokenizer.train_from_iterator(texts, trainer=bpe)
 
-    # Every template's markup and stop words become special tokens too, so any template runs without LF
-    # adding tokens past the embedding. They take the first ids BPE left free (never a merge: the ids of
-    # ordinary text stay what they were); when BPE filled the vocabulary there is no room and only the
-    # base special tokens above exist. A bare word (chatglm3's `sop`) must not match inside other words.
-    extra = [t for t in template_special_tokens() if t not in SPECIAL_TOKENS]
-    if vocab_size - tokenizer.get_vocab_size() < len(extra):
-        extra = []
     tokenizer.add_special_tokens(
         [AddedToken(t, special=True, normalized=False, single_word=t.isalnum()) for t in extra]
     )

@@ -9,14 +9,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from transformers import TrainerCallback, set_seed
 
+from trainer.atomic_write import write_atomic
 from trainer.config import REF_CACHE_NAME, RESOLVED_CONFIG_NAME, TrainConfig, resolve_resume
 from trainer.data import load_preference_data, make_collator
 from trainer.losses import get_loss
@@ -43,22 +42,6 @@ class RunResult:
     (of the build); `ref_cache["tags"]` are the MLflow tags."""
     reference_forwards: int = 0
     """Examples this process passed through the reference model: cache build plus training and evaluation."""
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write via a temp file (flushed to disk) and rename, so a killed run leaves the previous good file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_metrics(trainer: PreferenceTrainer, split: str, metrics: dict) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
 import typing
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from trainer.config.schema import (
     TrainConfig,
 )
 from trainer.config.validation import validate
-from trainer.errors import ConfigError
+from trainer.errors import ConfigError, did_you_mean
 
 
 def training_fields() -> dict[str, Any]:
@@ -45,9 +44,7 @@ def valid_keys() -> list[str]:
 
 
 def unknown_key_error(key: str, candidates: list[str], where: str = "") -> ConfigError:
-    near = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
-    hint = f"; did you mean {near[0]!r}?" if near else ""
-    return ConfigError(f"unknown config key {where}{key!r}{hint}")
+    return ConfigError(f"unknown config key {where}{key!r}{did_you_mean(key, candidates)}")
 
 
 def parse_override(item: str) -> tuple[str, Any]:

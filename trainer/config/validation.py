@@ -107,11 +107,11 @@ def _validate_remote_code(model: ModelArguments) -> None:
     cannot. Local directories are held to the same rule: the sha records which reviewed commit they hold.
     """
     if model.trust_remote_code and not PINNED_REVISION.fullmatch(model.model_revision):
-        from trainer.model_source import check_remote_code, resolve_model
+        from trainer.model_source import CHECK_FILES, check_remote_code, resolve_model
 
         try:  # a model that ships no code (no auto_map) loads natively: one warning, no refusal
             folder = resolve_model(model.model_name_or_path, revision=model.model_revision,
-                                   cache_dir=model.cache_dir)
+                                   cache_dir=model.cache_dir, patterns=CHECK_FILES)
         except ConfigError:
             folder = None  # not readable here: whether it ships code cannot be checked
         if folder is not None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from trainer.data.encoding import IGNORE_INDEX
+from trainer.labels import IGNORE_INDEX
 
 # stage -> block of forward rows -> (summed log-prob column, response token count column) per row group,
 # in the order of the rows: dpo's one forward is the chosen block then the rejected block; kto runs the

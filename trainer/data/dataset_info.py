@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.data.reading import data_files
-from trainer.errors import ConfigError, DataError
+from trainer.errors import ConfigError, DataError, did_you_mean
 
 REMOTE = "REMOTE:"
 
@@ -120,10 +120,7 @@ def get_dataset_attr(name: str, dataset_dir: str | Path) -> DatasetAttr:
         return attr
     if info is None:
         read_dataset_info(info_dir)  # raises: dataset_dir must hold dataset_info.json
-    import difflib
-
-    near = difflib.get_close_matches(name, list(info), n=1)
-    hint = f"; did you mean {near[0]!r}?" if near else f"; it has: {', '.join(sorted(info)) or 'nothing'}"
+    hint = did_you_mean(name, info) or f"; it has: {', '.join(sorted(info)) or 'nothing'}"
     raise ConfigError(
         f"dataset {name!r} is not in {label} nor a TRL-format file, folder or hub id{hint}"
     )

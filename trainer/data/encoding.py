@@ -18,8 +18,8 @@ from typing import Any
 
 from trainer.data.templates import Template, TokenizerChatTemplate
 from trainer.errors import DataError
+from trainer.labels import IGNORE_INDEX
 
-IGNORE_INDEX = -100
 PAIRWISE_COLUMNS = (
     "chosen_input_ids",
     "chosen_attention_mask",

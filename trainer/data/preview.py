@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from trainer.errors import ConfigError, DataError
+from trainer.labels import IGNORE_INDEX
 
 MASK_OPEN, MASK_CLOSE = "⟦", "⟧"
-IGNORE_INDEX = -100
 
 
 def render(tokenizer: Any, input_ids: list[int], labels: list[int]) -> str:

@@ -6,11 +6,10 @@ computed and the losses each applies to. Nothing outside this package compares l
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from trainer.errors import ConfigError
+from trainer.errors import ConfigError, did_you_mean
 from trainer.losses.base import LossOutput
 from trainer.losses.paired import (
     discopop_loss,
@@ -160,8 +159,8 @@ def loss_names(stage: str | None = None) -> list[str]:
 def _one(name: str) -> LossSpec:
     if name in LOSSES:
         return LOSSES[name]
-    nearest = difflib.get_close_matches(name, LOSSES, n=1, cutoff=0.0)[0]  # cutoff 0: always one
-    raise ConfigError(f"unknown loss {name!r}; did you mean {nearest!r}? valid losses: {', '.join(LOSSES)}")
+    hint = did_you_mean(name, LOSSES, cutoff=0.0)  # cutoff 0: always one
+    raise ConfigError(f"unknown loss {name!r}{hint} valid losses: {', '.join(LOSSES)}")
 
 
 def get_loss(name: str) -> LossSpec:

@@ -22,7 +22,7 @@ from typing import Any
 from trainer.data.templates import multimodal, text_a_to_l, text_m_to_z
 from trainer.data.templates.chat_template import TokenizerChatTemplate
 from trainer.data.templates.engine import BOS, EOS, Template, Token, template
-from trainer.errors import ConfigError
+from trainer.errors import ConfigError, nearest
 
 logger = logging.getLogger(__name__)
 
@@ -33,11 +33,9 @@ TEMPLATES: dict[str, Template] = dict(
 
 def unknown_template_error(name: str) -> ConfigError:
     """`template: NAME` names no entry: say so, with the name most likely meant."""
-    from sweeps.key_errors import nearest  # the project's one did-you-mean rule (no ray, no mlflow)
-
     spelled = name.lower().replace("-", "_")  # `Qwen3`, `qwen3-nothink`: a spelling of a known name
-    near = spelled if spelled in TEMPLATES else nearest(name, TEMPLATES)
-    hint = f"; did you mean {near!r}?" if near else ""
+    near = spelled if spelled in TEMPLATES else nearest(name, TEMPLATES, prefixes=True)
+    hint = f"; did you mean {near!r}?" if near else ""  # as trainer.errors.did_you_mean, with the spelling above
     return ConfigError(
         f"template {name!r} is unknown{hint} ({len(TEMPLATES)} templates: {', '.join(TEMPLATES)}; "
         f"leave `template` unset to use the tokenizer's own chat_template)"
