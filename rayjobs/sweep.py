@@ -17,7 +17,10 @@ waits on its workers), and at most as many trials run at once as the cluster can
 Trial names are `trial_<index>_<loss>_beta<beta>[...]`: deterministic, so a sweep can be restored
 and each trial's output dir (`<output_dir>/<trial name>`) and MLflow child run found by name.
 
-`--resume` (after the driver died) restores the sweep with `Tuner.restore` from `<storage>/<name>`:
+Ctrl-C or SIGTERM: Tune saves the sweep's state, the parent run ends KILLED, the driver prints the
+`--resume` command and exits 130 / 143 (`rayjobs.sweep_interrupt`).
+
+`--resume` (after the driver died or was interrupted) restores the sweep with `Tuner.restore` from `<storage>/<name>`:
 finished trials are kept as they are, unfinished ones run again and resume from their Ray Train run's
 latest checkpoint (same run name and storage, so Ray Train restores it), errored ones are restarted.
 The MLflow parent run whose id the first driver wrote to `<storage>/<name>/prefsweep_parent_run.json`
@@ -27,7 +30,6 @@ is reopened, and each trial reattaches to its child run by name: one child run p
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import os
@@ -35,6 +37,8 @@ import sys
 import time
 from pathlib import Path
 
+from rayjobs.sweep_interrupt import Interrupted, SweepInterrupts, exit_code, resume_command
+from rayjobs.sweep_state import previous_invocation, read_parent_run, write_parent_run
 from sweeps.spec import SweepSpec, load_sweep
 from sweeps.trials import trial_name, trial_overrides
 from trainer.config import TrainConfig, apply_overrides, with_overrides
@@ -47,8 +51,6 @@ DEFAULT_STORAGE = "~/ray_results"
 # `memory` keeps Tune's placement group non-empty; a fractional CPU would not: with 0.001 CPU per driver,
 # two 1-CPU trials need 2.002 CPUs and on a 2-CPU machine the second trial's workers wait for the first.
 TRIAL_DRIVER_RESOURCES = {"CPU": 0, "memory": 1}
-PARENT_RUN_FILE = "prefsweep_parent_run.json"
-"""In the sweep's experiment dir: the MLflow parent run a `--resume` reattaches to."""
 TRAIN_RUN_NAME = "train"
 """Each trial's Ray Train run: `<storage>/<sweep>/<trial>/train`."""
 
@@ -62,70 +64,6 @@ def storage_root(spec: SweepSpec) -> str:
 def experiment_path(spec: SweepSpec) -> str:
     """The sweep's Tune experiment dir (Tune's state, the trials' Ray Train runs, the parent run id)."""
     return f"{storage_root(spec).rstrip('/')}/{spec.name}"
-
-
-def _filesystem(path: str):
-    """(pyarrow filesystem, path in it) for a local path or a cloud URI."""
-    import pyarrow.fs
-
-    if "://" in path:
-        return pyarrow.fs.FileSystem.from_uri(path)
-    return pyarrow.fs.LocalFileSystem(), path
-
-
-def _read_text(path: str) -> str | None:
-    import pyarrow.fs
-
-    fs, where = _filesystem(path)
-    if fs.get_file_info(where).type != pyarrow.fs.FileType.File:
-        return None
-    with fs.open_input_stream(where) as f:
-        return f.read().decode()
-
-
-def write_parent_run(path: str, record: dict) -> None:
-    """Write `<experiment dir>/prefsweep_parent_run.json` atomically (a temp file, then a rename)."""
-    text = json.dumps(record, indent=1)
-    fs, where = _filesystem(f"{path.rstrip('/')}/{PARENT_RUN_FILE}")
-    fs.create_dir(where.rsplit("/", 1)[0], recursive=True)
-    tmp = f"{where}.tmp-{os.getpid()}"
-    with fs.open_output_stream(tmp) as f:
-        f.write(text.encode())
-    fs.move(tmp, where)  # a rename on local disks; object stores write whole objects anyway
-
-
-def read_parent_run(path: str) -> dict | None:
-    text = _read_text(f"{path.rstrip('/')}/{PARENT_RUN_FILE}")
-    if text is None:
-        return None
-    try:
-        record = json.loads(text)
-    except ValueError:
-        return None
-    return record if isinstance(record, dict) and record.get("run_id") else None
-
-
-def previous_invocation(train_run_path: str) -> str | None:
-    """The `fit()` id written into the latest checkpoint of the Ray Train run at `train_run_path`.
-
-    The workers resume only from checkpoints of their own `fit()` (`rayjobs.worker._resume_checkpoint`);
-    a restored trial's new `fit()` takes over that id, so its workers resume from the checkpoint Ray
-    Train restores from the run's snapshot. None: the run has no checkpoint (the trial starts over).
-    """
-    from ray.train.v2._internal.constants import CHECKPOINT_MANAGER_SNAPSHOT_FILENAME
-
-    from rayjobs.worker import INVOCATION_FILE
-
-    text = _read_text(f"{train_run_path.rstrip('/')}/{CHECKPOINT_MANAGER_SNAPSHOT_FILENAME}")
-    if text is None:
-        return None
-    try:
-        latest = (json.loads(text).get("latest_checkpoint_result") or {}).get("checkpoint_dir_name")
-    except (ValueError, AttributeError):
-        return None
-    if not latest:
-        return None
-    return _read_text(f"{train_run_path.rstrip('/')}/{latest}/{INVOCATION_FILE}")
 
 
 def trial_changes(base: TrainConfig, sampled: dict, name: str) -> dict:
@@ -326,12 +264,19 @@ def run(source: str | Path | dict, overrides: list[str] = (), *, worker_logs: bo
         tuner = restore_tuner(exp_path, trainable)
     else:
         tuner = new_tuner(spec, trainable, base_cfg, storage, concurrency)
+    interrupts = SweepInterrupts()
     try:
-        grid = tuner.fit()
-        summaries = trial_summaries(grid, spec, base_cfg)
+        with interrupts:
+            grid = tuner.fit()
+        summaries = trial_summaries(grid, spec, base_cfg) if interrupts.signum is None else []
     except BaseException:
         sweep_parent_run.finish_sweep_parent(parent_run_id, [], metric=spec.metric, mode=spec.mode, status="KILLED")
         raise
+    if interrupts.signum is not None:  # Tune saved the sweep's state; --resume finishes it
+        sweep_parent_run.finish_sweep_parent(parent_run_id, [], metric=spec.metric, mode=spec.mode, status="KILLED")
+        print(f"prefsweep: sweep {spec.name!r} interrupted; its state is in {exp_path}. Finish it with:\n"
+              f"  {resume_command(source, overrides, worker_logs=worker_logs)}", file=sys.stderr, flush=True)
+        return exit_code(interrupts.signum)
     board = sweep_parent_run.finish_sweep_parent(parent_run_id, summaries, metric=spec.metric, mode=spec.mode)
     registered = register_best(spec, parent_run_id, base_cfg.output_dir) if spec.register_best else None
     errors = [r for r in grid if r.error is not None]
@@ -450,6 +395,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"prefsweep sweep: {err}", file=sys.stderr)
         return 2
+    except Interrupted as err:
+        print(f"prefsweep sweep: {err} before any trial started; nothing to resume", file=sys.stderr)
+        return exit_code(err.signum)
 
 
 if __name__ == "__main__":
