@@ -17,7 +17,10 @@ waits on its workers), and at most as many trials run at once as the cluster can
 Trial names are `trial_<index>_<loss>_beta<beta>[...]`: deterministic, so a sweep can be restored
 and each trial's output dir (`<output_dir>/<trial name>`) and MLflow child run found by name.
 
-`--resume` (after the driver died) restores the sweep with `Tuner.restore` from `<storage>/<name>`:
+Ctrl-C or SIGTERM: Tune saves the sweep's state, the parent run ends KILLED, the driver prints the
+`--resume` command and exits 130 / 143 (`rayjobs.sweep_interrupt`).
+
+`--resume` (after the driver died or was interrupted) restores the sweep with `Tuner.restore` from `<storage>/<name>`:
 finished trials are kept as they are, unfinished ones run again and resume from their Ray Train run's
 latest checkpoint (same run name and storage, so Ray Train restores it), errored ones are restarted.
 The MLflow parent run whose id the first driver wrote to `<storage>/<name>/prefsweep_parent_run.json`
@@ -34,6 +37,7 @@ import sys
 import time
 from pathlib import Path
 
+from rayjobs.sweep_interrupt import Interrupted, SweepInterrupts, exit_code, resume_command
 from rayjobs.sweep_state import previous_invocation, read_parent_run, write_parent_run
 from sweeps.spec import SweepSpec, load_sweep
 from sweeps.trials import trial_name, trial_overrides
@@ -260,12 +264,19 @@ def run(source: str | Path | dict, overrides: list[str] = (), *, worker_logs: bo
         tuner = restore_tuner(exp_path, trainable)
     else:
         tuner = new_tuner(spec, trainable, base_cfg, storage, concurrency)
+    interrupts = SweepInterrupts()
     try:
-        grid = tuner.fit()
-        summaries = trial_summaries(grid, spec, base_cfg)
+        with interrupts:
+            grid = tuner.fit()
+        summaries = trial_summaries(grid, spec, base_cfg) if interrupts.signum is None else []
     except BaseException:
         sweep_parent_run.finish_sweep_parent(parent_run_id, [], metric=spec.metric, mode=spec.mode, status="KILLED")
         raise
+    if interrupts.signum is not None:  # Tune saved the sweep's state; --resume finishes it
+        sweep_parent_run.finish_sweep_parent(parent_run_id, [], metric=spec.metric, mode=spec.mode, status="KILLED")
+        print(f"prefsweep: sweep {spec.name!r} interrupted; its state is in {exp_path}. Finish it with:\n"
+              f"  {resume_command(source, overrides, worker_logs=worker_logs)}", file=sys.stderr, flush=True)
+        return exit_code(interrupts.signum)
     board = sweep_parent_run.finish_sweep_parent(parent_run_id, summaries, metric=spec.metric, mode=spec.mode)
     registered = register_best(spec, parent_run_id, base_cfg.output_dir) if spec.register_best else None
     errors = [r for r in grid if r.error is not None]
@@ -286,7 +297,7 @@ def run(source: str | Path | dict, overrides: list[str] = (), *, worker_logs: bo
 def register_best(spec: SweepSpec, parent_run_id: str, output_root: Path):
     """`register_best: true`: the best trial's model, registered under the sweep's name; a failure is reported,
     never fatal (the sweep's results are all in by now)."""
-    from rayjobs import best_model
+    from rayjobs.tracking import best_model
     from rayjobs.tracking import store as mlflow_store
 
     try:
@@ -335,7 +346,7 @@ def restore_tuner(path: str, trainable):
 
 def trial_summaries(grid, spec: SweepSpec, base: TrainConfig) -> list:
     """One `TrialSummary` per Tune result: sampled values and final metric (curves come from MLflow)."""
-    from rayjobs.tracking.leaderboard import TrialSummary
+    from rayjobs.tracking.leaderboard import EXTRA_METRICS, TrialSummary
 
     summaries = []
     for result in grid:
@@ -354,6 +365,8 @@ def trial_summaries(grid, spec: SweepSpec, base: TrainConfig) -> list:
                 final=float(final) if math.isfinite(final) else None,
                 best=None,
                 config=raw,
+                extras={k: float(v) for k, v in (result.metrics or {}).items()
+                        if k in EXTRA_METRICS and k != spec.metric and math.isfinite(v)},
             )
         )
     return summaries
@@ -382,6 +395,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"prefsweep sweep: {err}", file=sys.stderr)
         return 2
+    except Interrupted as err:
+        print(f"prefsweep sweep: {err} before any trial started; nothing to resume", file=sys.stderr)
+        return exit_code(err.signum)
 
 
 if __name__ == "__main__":

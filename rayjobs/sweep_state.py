@@ -1,6 +1,5 @@
-"""What a sweep keeps beside Tune's state in `<storage>/<name>`, on a local disk or an object store
-(`pyarrow.fs`): the MLflow parent run a `--resume` reattaches to, and which `fit()` wrote a trial's latest
-checkpoint."""
+"""What a sweep keeps in its Tune experiment dir (`<storage>/<name>`, a local path or a cloud URI) for
+`prefsweep sweep --resume`: the MLflow parent run record, and which `fit()` wrote a trial's latest checkpoint."""
 
 from __future__ import annotations
 

@@ -447,7 +447,15 @@ def test_a_restarted_trial_reuses_its_child_run(store, tmp_path):
     )  # fmt: skip
     assert second.run_id == first.run_id
     assert len(store.search_runs([exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'")) == 1
-    assert store.get_run(first.run_id).info.status == "FINISHED"
+    run = store.get_run(first.run_id)
+    assert run.info.status == "FINISHED"
+    # the restart re-logged steps 1-2 (accuracies 0.5 both times): kept once; steps 3-4 are new
+    for key in run.data.metrics:
+        steps = [m.step for m in store.get_metric_history(run.info.run_id, key)]
+        assert sorted(steps) == sorted(set(steps)), (key, steps)
+    assert sorted((m.step, m.value) for m in store.get_metric_history(run.info.run_id, "rewards/accuracies")) == [
+        (1, 0.5), (2, 0.5), (3, 1.0), (4, 1.0)]
+    assert [m.step for m in store.get_metric_history(run.info.run_id, "eval_loss")] == [2, 4]
 
 
 def test_a_run_created_on_the_driver_survives_a_worker_restart(store, tmp_path):
@@ -473,7 +481,8 @@ def test_a_run_created_on_the_driver_survives_a_worker_restart(store, tmp_path):
     run = store.get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.params["pref_loss"] == "sigmoid"
     history = store.get_metric_history(run_id, "rewards/accuracies")
-    assert sorted((m.step, m.value) for m in history)[-1] == (3, 0.5)
+    # one value per step, the first logged: the restarted group's re-run of steps 1-2 is skipped
+    assert sorted((m.step, m.value) for m in history) == [(1, 0.0), (2, 0.0), (3, 0.5)]
 
 
 def test_a_refused_metric_write_warns_and_is_counted_not_raised(store, tmp_path, caplog):

@@ -55,10 +55,19 @@ class MlflowLoggingCallback(TrainerCallback):
     of that name is reused, so a restarted trial keeps one run), or the run `run_id` names (or that
     `ensure_run()` made on the driver); params and tags are logged. If the store is down the run is created
     when it comes back (in experiment `experiment_id`, or by `experiment_name` when the driver could not
-    resolve one). `on_log` spools every finite number at `state.global_step`; `finalize_run`, called after
+    resolve one). `on_log` spools every finite number at `state.global_step`, once per key and step (below);
+`finalize_run`, called after
     the trainer wrote its files, spools plots, config, state and the end of the run and waits up to
     `flush_timeout_s` for a failing store. The object is picklable before, during and after (the client,
     the spool and its thread are not pickled).
+
+    One value per metric and step, the first one logged: MLflow cannot delete a point, so a step logged
+    again is skipped, never sent twice. That covers steps re-run after a restore (a worker group restarted
+    from its last checkpoint, a trial resumed by `prefsweep sweep --resume`): the resumed spool holds every
+    point the killed attempt logged, and `on_train_begin` reads from it the last step logged per key;
+    points at or below it are dropped. A re-run step from the same checkpoint and seed has the value it
+    had before (tests/test_fault_worker_death.py), so skipping loses nothing. It also covers a key logged
+    twice at one step (`epoch` in the train and the eval log of a step).
     """
 
     def __init__(
@@ -92,7 +101,8 @@ class MlflowLoggingCallback(TrainerCallback):
         self._sender = None
         self._last_timestamp = 0
         self._dropped = 0  # dropped_log_batches once the spool is closed
-        self._system_metrics = None  # rank 0's MLflow SystemMetricsMonitor (rayjobs.trial_outputs)
+        self._system_metrics = None  # rank 0's MLflow SystemMetricsMonitor (rayjobs.tracking.trial_outputs)
+        self._last_step: dict[str, int] = {}  # per metric key, the last step spooled (rank 0)
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_client": None, "_spool": None, "_sender": None, "_system_metrics": None}
@@ -165,6 +175,7 @@ class MlflowLoggingCallback(TrainerCallback):
         }
         self._spool = spool = spool_file.Spool.open(Path(args.output_dir), header)
         self._last_timestamp = spool.state.last_timestamp
+        self._last_step = last_steps(spool.state.items)
         self.run_id = spool.state.run_id or self.run_id
         delivery = mlflow_spool.Delivery(spool, self.tracking_uri, on_run=self._run_created)
         self._sender = mlflow_spool.Sender(delivery)
@@ -172,7 +183,7 @@ class MlflowLoggingCallback(TrainerCallback):
         # A healthy store has the run before the first step (a dead one fails at once, a hung one is
         # given OPEN_WAIT_S); the sender keeps retrying either way.
         self._sender.wait_sent(spool.state.items[-1]["seq"], mlflow_spool.OPEN_WAIT_S)
-        from rayjobs.trial_outputs import start_system_metrics
+        from rayjobs.tracking.trial_outputs import start_system_metrics
 
         self._system_metrics = start_system_metrics(self.tracking_uri, self.run_id)
 
@@ -191,8 +202,7 @@ class MlflowLoggingCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if self._spool is None or not logs:
             return
-        # Strictly increasing per run: two logs of one key at one step (a train and an eval log of
-        # `epoch`) stay two points, and a resent point is recognisably the same point.
+        # Strictly increasing per run, so a resent point is recognisably the same point.
         now = self._last_timestamp = max(int(time.time() * 1000), self._last_timestamp + 1)
         step = int(state.global_step)
         metrics = [
@@ -200,6 +210,8 @@ class MlflowLoggingCallback(TrainerCallback):
             for k, v in logs.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
         ]
+        metrics = [m for m in metrics if step > self._last_step.get(m[0], -1)]  # once per key and step
+        self._last_step.update((m[0], step) for m in metrics)
         if metrics:
             self._spool_item({"op": "metrics", "metrics": metrics})
 
@@ -235,7 +247,7 @@ class MlflowLoggingCallback(TrainerCallback):
                 where += [[_relative(p, spool.path.parent), "model"] for p in _model_files(output_dir)]
             texts = {RESOLVED_CONFIG_NAME: self._resolved_config_yaml(output_dir)}
             self._spool_item({"op": "artifacts", "files": where, "texts": texts})
-            from rayjobs import trial_outputs
+            from rayjobs.tracking import trial_outputs
 
             trial_outputs.stop_system_metrics(self._system_metrics)
             self._system_metrics = None
@@ -281,6 +293,16 @@ class MlflowLoggingCallback(TrainerCallback):
             except yaml.YAMLError:
                 pass
         return dump_yaml(self.config)
+
+
+def last_steps(items: list[dict]) -> dict[str, int]:
+    """The last step spooled per metric key in `items` (a resumed spool's): steps only grow within one
+    attempt, so every step up to it was logged already."""
+    last: dict[str, int] = {}
+    for item in items:
+        for key, _value, _ts, step in item.get("metrics", ()) if item["op"] == "metrics" else ():
+            last[key] = max(step, last.get(key, step))
+    return last
 
 
 def _ref_cache_tags(output_dir: Path) -> dict[str, str]:
