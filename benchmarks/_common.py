@@ -1,8 +1,13 @@
 """Helpers shared by the benchmarks: machine facts, step timing, response-token counts, peak memory.
 
 This module is imported by benchmark drivers that run under *other* Python environments too (the
-LLaMA-Factory peer's venv, with its own transformers), so it imports only the standard library at module
-level; torch and transformers are imported inside the functions that need them.
+LLaMA-Factory peer's venv, with its own transformers), so it imports only the standard library (and
+prefsweep's dependency-free `trainer.atomic_write`, `trainer.labels`) at module level; torch and
+transformers are imported inside the functions that need them.
+
+The harness every benchmark shares: `launch` (one process in its own session, its output timestamped line by
+line, wall and CPU time, leftover processes reaped), `alternate` (rounds A B A B, so a drift in the machine's
+load falls on every variant alike), `results_header` + `write_json` (what every results file records).
 
 One timing definition for every peer: `StepMeter`, a `TrainerCallback`, times each optimizer step from
 `on_step_begin` to `on_step_end` (forward, backward, clip, optimizer and scheduler step; data loading
@@ -18,9 +23,15 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import resource
+import signal
 import subprocess
+import sys
+import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -206,6 +217,8 @@ def make_step_meter(device: str, *, profile_after: int | None = None):
         def on_train_end(self, args, state, control, **kwargs):
             if getattr(self, "_profiler", None) is not None:
                 self._profiler.__exit__(None, None, None)
+                from benchmarks._profiling import profile_breakdown
+
                 self.profile = profile_breakdown(self._profiler)
                 self._profiler = None
             mem = self.memory
@@ -268,102 +281,6 @@ def git_state(repo: Path, dirs: tuple[str, ...] = ("trainer",)) -> dict[str, Any
     return {"commit": git("rev-parse", "HEAD"), **{f"{d}_dirty": bool(git("status", "--porcelain", "--", d)) for d in dirs}}
 
 
-REGION_PREFIX = "bench::"
-
-
-def label_functions(targets: list[tuple[Any, str, str]]) -> list[str]:
-    """Wrap `owner.attr` in `torch.profiler.record_function(REGION_PREFIX + name)` for each (owner, attr, name).
-
-    For profiling runs only (it patches the peer's code in this process). Targets that do not exist are
-    skipped and returned, so a renamed function costs a region, not the run.
-    """
-    import functools
-    import inspect
-
-    from torch.profiler import record_function
-
-    missing = []
-    for owner, attr, name in targets:
-        fn = inspect.getattr_static(owner, attr, None)
-        if fn is None:
-            missing.append(f"{getattr(owner, '__name__', owner)}.{attr}")
-            continue
-        is_static = isinstance(fn, staticmethod)
-        inner = fn.__func__ if is_static else fn
-
-        def wrapped(*args, __inner=inner, __label=REGION_PREFIX + name, **kwargs):
-            with record_function(__label):
-                return __inner(*args, **kwargs)
-
-        wrapped = functools.wraps(inner)(wrapped)
-        setattr(owner, attr, staticmethod(wrapped) if is_static else wrapped)
-    return missing
-
-
-def profile_breakdown(profiler, top: int = 15) -> dict[str, Any]:
-    """Self time (s) of the profiled ops per region -- the innermost `label_functions` region around an op,
-    else the autograd backward or optimizer step it runs in, else `other` --, per labelled region inclusive
-    of the regions inside it, per (region, op), and the top ops overall."""
-    from collections import defaultdict
-
-    regions: dict[str, float] = defaultdict(float)
-    inclusive: dict[str, float] = defaultdict(float)
-    region_ops: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
-    ops: dict[str, float] = defaultdict(float)
-    for event in profiler.profiler.function_events:
-        seconds = event.self_cpu_time_total / 1e6
-        if seconds <= 0:
-            continue
-        region, parent = "other", event
-        while parent is not None:
-            if parent.name.startswith(REGION_PREFIX):
-                region = parent.name[len(REGION_PREFIX):]
-                break
-            if region == "other" and parent.name.startswith("Optimizer.step"):
-                region = "optimizer step"
-            elif region == "other" and parent.name.startswith("autograd::engine"):
-                region = "backward (autograd, unlabelled)"
-            parent = parent.cpu_parent
-        regions[region] += seconds
-        labels, parent = set(), event
-        while parent is not None:
-            if parent.name.startswith(REGION_PREFIX):
-                labels.add(parent.name[len(REGION_PREFIX):])
-            parent = parent.cpu_parent
-        for label in labels:
-            inclusive[label] += seconds
-        region_ops[region][event.name] += seconds
-        ops[event.name] += seconds
-
-    def ranked(table: dict[str, float], n: int) -> dict[str, float]:
-        return {k: round(v, 3) for k, v in sorted(table.items(), key=lambda kv: -kv[1])[:n]}
-
-    return {
-        "total_self_seconds": round(sum(regions.values()), 3),
-        "regions": ranked(regions, len(regions)),
-        "inclusive": ranked(inclusive, len(inclusive)),
-        "region_ops": {r: ranked(t, 8) for r, t in region_ops.items()},
-        "top_ops": ranked(ops, top),
-    }
-
-
-def print_profile(name: str, run: dict[str, Any]) -> None:
-    """The `profile_breakdown` of a run's timed steps, per step."""
-    prof = run["profile"]
-    steps = run["steps"] - run["warmup"]
-    total = prof["total_self_seconds"]
-    print(f"\nprofile {name}: {total / steps:.2f} s of op self time per step over {steps} steps "
-          f"(profiled, so slower than the timed runs)")
-    for region, seconds in prof["regions"].items():
-        ops = ", ".join(f"{op} {t / steps:.2f}" for op, t in list(prof["region_ops"][region].items())[:4])
-        print(f"  {region:<34}{seconds / steps:7.2f} s/step {100 * seconds / total:5.1f}%   [{ops}]")
-    for region, seconds in prof["inclusive"].items():
-        if prof["regions"].get(region) != seconds:
-            print(f"  (incl.) {region:<26}{seconds / steps:7.2f} s/step {100 * seconds / total:5.1f}%")
-    if run.get("profile_regions_missing"):
-        print(f"  regions not found: {run['profile_regions_missing']}")
-
-
 def write_json(path: str | Path, payload: dict[str, Any]) -> None:
     write_atomic(path, json.dumps(payload, indent=2, default=str))
 
@@ -372,3 +289,122 @@ def median(values: list[float]) -> float:
     ordered = sorted(values)
     mid = len(ordered) // 2
     return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+# ---- the harness: launch, alternate, record -------------------------------------------------------------
+
+
+@dataclass
+class Launched:
+    """One finished process: its timestamped output lines, wall and CPU time, exit code, what it left behind."""
+
+    wall_seconds: float
+    returncode: int
+    cpu_seconds: float
+    load_average_1min_before: float
+    lines: list[tuple[float, str]] = field(default_factory=list)
+    """(seconds since start, line) of its merged stdout and stderr; carriage returns split lines too."""
+    leftovers: list[dict] = field(default_factory=list)
+    """Processes of its session still alive a second after it exited (then killed)."""
+
+    @property
+    def text(self) -> str:
+        return "\n".join(line for _, line in self.lines)
+
+
+def session_processes(sid: int) -> list[dict]:
+    """Processes still alive in session `sid` (a launched run's own session: its Ray daemons and workers)."""
+    alive = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace").strip()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[3]) == sid and fields[0] != "Z":  # fields[0] state, [3] session id
+            alive.append({"pid": int(entry.name), "cmd": cmd[:160]})
+    return alive
+
+
+def launch(cmd: list[str], *, cwd: Path, env: dict[str, str], timeout: float, log_path: Path,
+           on_line: Callable[[float, str], None] | None = None) -> Launched:
+    """Run `cmd` in a session of its own, its output written raw to `log_path` and, line by line with the
+    seconds since start, to `on_line`; killed (the whole session) after `timeout` s. CPU time is the child's
+    and that of the descendants it reaped (`wait4`)."""
+    lines: list[tuple[float, str]] = []
+
+    def scan(text: str, now: float) -> None:
+        if text.strip():
+            lines.append((now, text))
+            if on_line is not None:
+                on_line(now, text)
+
+    def read(stream, start: float) -> None:
+        pending = b""
+        with log_path.open("wb") as log:
+            while chunk := os.read(stream.fileno(), 65536):
+                now = time.perf_counter() - start
+                log.write(chunk)
+                *pieces, pending = re.split(rb"[\r\n]", pending + chunk)
+                for piece in pieces:
+                    scan(piece.decode("utf-8", "replace"), now)
+        scan(pending.decode("utf-8", "replace"), time.perf_counter() - start)
+
+    load = os.getloadavg()[0]
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    reader = threading.Thread(target=read, args=(proc.stdout, start), daemon=True)
+    reader.start()
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        if time.perf_counter() > start + timeout:
+            os.killpg(proc.pid, signal.SIGKILL)
+        time.sleep(0.02)
+    wall = time.perf_counter() - start
+    reader.join(timeout=30)
+    time.sleep(1.0)  # daemons (Ray's) notice their driver's exit within a moment
+    leftovers = session_processes(proc.pid)
+    for p in leftovers:  # only processes of this run's own session
+        try:
+            os.kill(p["pid"], signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return Launched(wall, os.waitstatus_to_exitcode(status), usage.ru_utime + usage.ru_stime, load, lines, leftovers)
+
+
+def check_launched(run: Launched, name: str, log_path: Path) -> None:
+    """Exit the benchmark, with the end of the output, if the run failed."""
+    if run.returncode != 0:
+        sys.stderr.write(f"--- {name} failed (rc {run.returncode}); last output:\n{run.text[-6000:]}\n")
+        raise SystemExit(f"{name} failed; full log {log_path}")
+
+
+def alternate(variants, rounds: int, run_one: Callable[[str, int], dict],
+              line: Callable[[dict], str]) -> dict[str, list[dict]]:
+    """Rounds A B A B ...: `run_one(variant, round)` for every variant in every round, in the same order;
+    prints `round i/n VARIANT` and `line(run)` after each. Returns {variant: [run of each round]}."""
+    runs: dict[str, list[dict]] = {v: [] for v in variants}
+    for round_ in range(rounds):
+        for variant in variants:
+            run = run_one(variant, round_)
+            runs[variant].append(run)
+            print(f"round {round_ + 1}/{rounds} {variant:<14} {line(run)}", flush=True)
+    return runs
+
+
+def results_header(module: str, argv: list[str], device: str, repo: Path, *, dirs: tuple[str, ...] = ("trainer",),
+                   packages: tuple[str, ...] = ()) -> dict[str, Any]:
+    """What every results file starts with: the command, machine, git state of `dirs`, load, versions."""
+    return {
+        "command": f"python -m {module} " + " ".join(argv),
+        "machine": machine_facts(device),
+        "git": git_state(repo, dirs),
+        "load_average_after": os.getloadavg(),
+        "versions": {p: package_version(None, p) for p in packages},
+    }

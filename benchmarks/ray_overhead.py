@@ -33,7 +33,7 @@ same losses (every logged training loss and the final `train_loss` within 1e-5);
 reported.
 
 `--profile` adds one instrumented Ray run per round-less pass: the driver runs the same CLI under
-`benchmarks.ray_overhead --profile-driver`, which times Ray's start (`ensure_ray`), `TorchTrainer.fit`
+`benchmarks._ray_profile`, which times Ray's start (`ensure_ray`), `TorchTrainer.fit`
 and Ray's shutdown at exit, so the start-up cost splits into Ray start / worker group start / training /
 shutdown.
 
@@ -52,11 +52,11 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-from benchmarks._common import git_state, machine_facts, median, package_version, write_json
+from benchmarks._common import alternate, check_launched, launch, median, results_header, write_json
+from benchmarks._ray_profile import PROFILE_TAG, SITECUSTOMIZE, print_profile, profile_driver, worker_marks
 
 REPO = Path(__file__).resolve().parents[1]
 BASE_CONFIG = REPO / "configs" / "tiny_dpo.yaml"
@@ -67,7 +67,6 @@ MIN_RUN_SECONDS = 60.0  # ... on a run of at least a minute
 LOSS_TOLERANCE = 1e-5
 MODEL = {"vocab_size": 32000, "hidden_size": 256, "intermediate_size": 1024, "num_hidden_layers": 4,
          "num_attention_heads": 8, "num_key_value_heads": 4}
-PROFILE_TAG = "[ray_overhead]"
 
 # Phase markers in a run's output (stdout + stderr, as it arrives; Ray forwards worker output with a
 # "(RayTrainWorker pid=...)" prefix). The first chunk that matches sets the phase's time.
@@ -103,73 +102,31 @@ def run_env(threads: int | None = None, cluster: dict[str, str] | None = None) -
     return env
 
 
-class OutputClock:
-    """Reads a process's merged output in a thread; the time (s since `t0`) of each marker's first match."""
+class Markers:
+    """`on_line` of a run: the time (s since start) of each marker's first match, and --profile's own marks."""
 
-    def __init__(self, stream, t0: float, log_path: Path):
-        self.t0 = t0
+    def __init__(self):
         self.times: dict[str, float] = {}
         self.profile: dict[str, float] = {}
-        self._stream = stream
-        self._log = log_path.open("wb")
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
 
-    def _read(self) -> None:
-        pending = b""
-        while True:
-            chunk = os.read(self._stream.fileno(), 65536)
-            if not chunk:
-                break
-            now = time.perf_counter() - self.t0
-            self._log.write(chunk)
-            pending += chunk
-            *pieces, pending = re.split(rb"[\r\n]", pending)
-            for piece in pieces:
-                self._scan(piece.decode("utf-8", "replace"), now)
-        self._scan(pending.decode("utf-8", "replace"), time.perf_counter() - self.t0)
-        self._log.close()
-
-    def _scan(self, text: str, now: float) -> None:
-        if not text.strip():
-            return
+    def __call__(self, now: float, text: str) -> None:
         self.times.setdefault("first_output", now)
         if "(RayTrainWorker" in text:
             self.times.setdefault("worker_first_output", now)
         for name, pattern in MARKERS.items():
             if name not in self.times and pattern.search(text) and not (name == "train_start" and "Loading" in text):
                 self.times[name] = now
-        if text.startswith(PROFILE_TAG):  # "[ray_overhead] NAME SECONDS_SINCE_START" from --profile-driver
+        if text.startswith(PROFILE_TAG):  # "[ray_overhead] NAME SECONDS_SINCE_START" from the profile driver
             _, name, seconds = text.split()
             self.profile[name] = float(seconds)
 
-    def join(self) -> None:
-        self._thread.join(timeout=30)
 
-
-def session_processes(sid: int) -> list[dict]:
-    """Processes still alive in session `sid` (the run's own session: its Ray daemons and workers)."""
-    alive = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace").strip()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[3]) == sid and fields[0] != "Z":  # fields[0] state, [3] session id
-            alive.append({"pid": int(entry.name), "cmd": cmd[:160]})
-    return alive
-
-
-def launch(variant: str, config: Path, output_dir: Path, log_path: Path, *, profile: bool = False,
+def launch_run(variant: str, config: Path, output_dir: Path, log_path: Path, *, profile: bool = False,
            timeout: float = 1800, threads: int | None = None, cluster: dict[str, str] | None = None) -> dict:
     """Run the CLI once; wall time, trainer metrics, losses, phase times, leftover processes."""
     use_ray = variant != "in_process"
     args = ["train", str(config), f"use_ray={str(use_ray).lower()}", f"output_dir={output_dir}", "--no-mlflow"]
-    cmd = ([sys.executable, "-m", "benchmarks.ray_overhead", "--profile-driver", *args] if profile
+    cmd = ([sys.executable, "-m", "benchmarks._ray_profile", *args] if profile
            else [*cli_command(), *args])
     env = run_env(threads, cluster if use_ray else None)
     marks_path = log_path.with_suffix(".marks")
@@ -179,160 +136,27 @@ def launch(variant: str, config: Path, output_dir: Path, log_path: Path, *, prof
         (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(site), env.get("PYTHONPATH")) if p)
         env["RAY_OVERHEAD_MARKS"] = str(marks_path)
-    load = os.getloadavg()[0]
+    marks = Markers()
     start_unix = time.time()
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    clock = OutputClock(proc.stdout, start, log_path)
-    deadline = start + timeout
-    while True:  # wait4 for the child's own CPU time (and that of the descendants it reaped)
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            break
-        if time.perf_counter() > deadline:
-            os.killpg(proc.pid, signal.SIGKILL)
-        time.sleep(0.02)
-    wall = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    clock.join()
-    clock.times["exit"] = wall
-    time.sleep(1.0)  # Ray's daemons notice their driver's exit within a moment
-    leftovers = session_processes(proc.pid)
-    for p in leftovers:  # only processes of this run's own session
-        try:
-            os.kill(p["pid"], signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    if proc.returncode != 0:
-        sys.stderr.write(f"--- {variant} failed (rc {proc.returncode}); last output:\n"
-                         f"{log_path.read_bytes()[-6000:].decode('utf-8', 'replace')}\n")
-        raise SystemExit(f"{variant} run failed; full log {log_path}")
+    run = launch(cmd, cwd=REPO, env=env, timeout=timeout, log_path=log_path, on_line=marks)
+    marks.times["exit"] = run.wall_seconds
+    check_launched(run, f"{variant} run", log_path)
     results = json.loads((output_dir / "all_results.json").read_text())
     state = json.loads((output_dir / "trainer_state.json").read_text())
     return {
         "variant": variant,
-        "wall_seconds": wall,
+        "wall_seconds": run.wall_seconds,
         "train_runtime": results["train_runtime"],
         "train_loss": results["train_loss"],
         "eval_loss": results.get("eval_loss"),
         "steps": state["global_step"],
         "logged_losses": [[e["step"], e["loss"]] for e in state["log_history"] if "loss" in e],
-        "phase_seconds": clock.times,
-        "profile_seconds": {**clock.profile, **worker_marks(marks_path, start_unix)},
-        "cpu_seconds": usage.ru_utime + usage.ru_stime,
-        "load_average_1min_before": load,
-        "leftover_processes": leftovers,
+        "phase_seconds": marks.times,
+        "profile_seconds": {**marks.profile, **worker_marks(marks_path, start_unix)},
+        "cpu_seconds": run.cpu_seconds,
+        "load_average_1min_before": run.load_average_1min_before,
+        "leftover_processes": run.leftovers,
     }
-
-
-# ---- --profile: the CLI with Ray's start, fit and shutdown timed, and marks from the Ray workers -------
-
-# Put on the PYTHONPATH of a profiled run (the local Ray hands the driver's PYTHONPATH to its workers):
-# every Ray worker process appends "NAME UNIX_TIME PID" lines to $RAY_OVERHEAD_MARKS when it starts,
-# when it first imports torch, and when it starts the training function (imports rayjobs.worker).
-SITECUSTOMIZE = """
-import os, sys, time
-_path = os.environ.get("RAY_OVERHEAD_MARKS")
-try:
-    _cmd = open("/proc/self/cmdline", "rb").read().replace(b"\\0", b" ").decode("utf-8", "replace")
-except OSError:
-    _cmd = ""
-if _path and "default_worker.py" in _cmd:
-    def _mark(name):
-        with open(_path, "a") as handle:
-            handle.write(f"{name} {time.time():.3f} {os.getpid()}\\n")
-
-    _mark("worker_process_start")
-
-    class _Marks:
-        watched = {"torch": "worker_imports_torch", "rayjobs.worker": "train_fn_start",
-                   "trainer.workflow": "worker_imports_trainer"}
-
-        def find_spec(self, name, path=None, target=None):
-            label = self.watched.pop(name, None)
-            if label:
-                _mark(label)
-            if label == "train_fn_start" and "torch" in sys.modules:
-                _mark(f"torch_threads={sys.modules['torch'].get_num_threads()}")
-                _mark(f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
-            return None
-
-    sys.meta_path.insert(0, _Marks())
-"""
-
-
-def worker_marks(path: Path, t0_unix: float) -> dict:
-    """Marks of the Ray worker that ran the training function, as seconds since the run started."""
-    if not path.is_file():
-        return {}
-    lines = [line.split() for line in path.read_text().splitlines() if line.strip()]
-    train_pids = {pid for name, _, pid in lines if name == "train_fn_start"}
-    marks: dict[str, float | str] = {}
-    for name, when, pid in lines:
-        if pid in train_pids and "=" in name:  # a fact of the training worker, not a time
-            key, value = name.split("=", 1)
-            marks[f"worker_{key}"] = value
-        elif pid in train_pids:
-            marks.setdefault(name, float(when) - t0_unix)
-    marks["ray_worker_processes"] = len({pid for name, _, pid in lines if name == "worker_process_start"})
-    return marks
-
-
-
-def profile_driver(argv: list[str]) -> int:
-    """Run `prefsweep` (argv) with `ensure_ray`, `TorchTrainer.fit` and Ray's exit-time shutdown timed.
-
-    Prints "[ray_overhead] NAME SECONDS" lines (seconds since this process started), read by
-    `OutputClock`. Patches this process only; the run is otherwise the CLI's.
-    """
-    import atexit
-
-    t0 = time.perf_counter()
-
-    def mark(name: str) -> None:
-        print(f"{PROFILE_TAG} {name} {time.perf_counter() - t0:.3f}", flush=True)
-
-    from ray.train.torch import TorchTrainer
-
-    import rayjobs.local_ray
-    import rayjobs.train
-
-    mark("imports_done")
-
-    def timed(owner, attr: str, name: str) -> None:
-        inner = getattr(owner, attr)
-
-        def wrapper(*args, **kwargs):
-            mark(f"{name}_begin")
-            try:
-                return inner(*args, **kwargs)
-            finally:
-                mark(f"{name}_end")
-
-        setattr(owner, attr, wrapper)
-
-    timed(rayjobs.local_ray, "ensure_ray", "ensure_ray")
-    timed(TorchTrainer, "fit", "fit")
-    # atexit runs the last registered first: ours (registered once Ray is up) before Ray's own hook.
-    ensure_ray = rayjobs.local_ray.ensure_ray
-
-    def shutdown_timed() -> None:
-        import ray
-
-        mark("atexit_first")
-        ray.shutdown()  # what Ray's own exit hook would do next; timed here
-        mark("ray_shutdown_end")
-
-    def ensure_ray_then_mark(*args, **kwargs):
-        how = ensure_ray(*args, **kwargs)
-        atexit.register(shutdown_timed)
-        return how
-
-    rayjobs.local_ray.ensure_ray = ensure_ray_then_mark
-    from rayjobs.cli import main as cli_main
-
-    return cli_main(argv)
 
 
 # ---- the benchmark -----------------------------------------------------------------------------------
@@ -513,41 +337,6 @@ def print_results(runs: dict[str, list[dict]], summary: dict, losses: dict, chec
         print_profile(prof)
 
 
-def print_profile(run: dict) -> None:
-    """Where the instrumented Ray run's wall time went, from `--profile-driver`'s marks."""
-    p, ph = run["profile_seconds"], run["phase_seconds"]
-    # The worker's own training start/end are not marked; the output clock's train_end arrives through
-    # Ray's log forwarding, late. Place train_runtime so that it ends where the output says, but never
-    # after fit returns.
-    train_end = min(x for x in (ph.get("train_end"), p.get("fit_end")) if x is not None) if ph.get("train_end") else None
-    train_begin = train_end - run["train_runtime"] if train_end is not None else None
-    spans = [
-        ("process start -> driver imports (ray, ray.train.torch, torch)", 0.0, p.get("imports_done")),
-        ("-> ensure_ray called (config validated: imports transformers)", p.get("imports_done"), p.get("ensure_ray_begin")),
-        ("ensure_ray (local Ray start: GCS, raylet, dashboard)", p.get("ensure_ray_begin"), p.get("ensure_ray_end")),
-        ("-> TorchTrainer.fit called", p.get("ensure_ray_end"), p.get("fit_begin")),
-        ("fit -> worker imports torch (controller, worker actor start)", p.get("fit_begin"),
-         p.get("worker_imports_torch")),
-        ("-> training function starts (process group, Ray Train setup)", p.get("worker_imports_torch"),
-         p.get("train_fn_start")),
-        ("-> worker has imported trainer (transformers, datasets...)", p.get("train_fn_start"),
-         p.get("worker_imports_trainer")),
-        ("-> training starts (data, model, reference; fit_end - train part)", p.get("worker_imports_trainer"),
-         train_begin),
-        ("training (train_runtime)", train_begin, train_end),
-        ("-> fit returns (final eval, save, worker group shutdown)", train_end, p.get("fit_end")),
-        ("fit -> main returns (summary)", p.get("fit_end"), p.get("atexit_first")),
-        ("ray.shutdown at exit", p.get("atexit_first"), p.get("ray_shutdown_end")),
-        ("-> exit (interpreter teardown)", p.get("ray_shutdown_end"), ph.get("exit")),
-    ]
-    print(f"\nprofile of one Ray run ({run['wall_seconds']:.1f} s wall, train_runtime {run['train_runtime']:.1f} s):")
-    for label, a, b in spans:
-        print(f"  {label:<68}{b - a:>7.1f} s" if a is not None and b is not None else f"  {label:<68}{'?':>7}")
-    facts = {k: v for k, v in p.items() if k in ("worker_torch_threads", "worker_OMP_NUM_THREADS",
-                                                  "ray_worker_processes")}
-    print(f"  training worker: {facts} (the in-process run uses torch's default, one thread per core)")
-
-
 def report(path: Path) -> int:
     results = json.loads(path.read_text())
     runs = results["runs"]
@@ -561,7 +350,7 @@ def report(path: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["--profile-driver"]:
+    if argv[:1] == ["--profile-driver"]:  # = python -m benchmarks._ray_profile
         return profile_driver(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3, help="alternation rounds A B A B (default 3)")
@@ -594,7 +383,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from trainer.tiny_model import build_tiny_model
 
-    runs: dict[str, list[dict]] = {v: [] for v in VARIANTS}
     profiles: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="ray-overhead-") as tmp:
         root = Path(tmp)
@@ -606,17 +394,16 @@ def main(argv: list[str] | None = None) -> int:
         logs.mkdir()
         stack = contextlib.ExitStack()
         cluster = stack.enter_context(running_head(root, worker_cpus(args))) if args.attach else None
-        for rnd in range(args.rounds):
-            for variant in VARIANTS:
-                name = f"{variant}-{rnd}"
-                run = launch(variant, config_path, root / "out" / name, logs / f"{name}.log", timeout=args.run_timeout,
-                             threads=args.threads, cluster=cluster)
-                runs[variant].append(run)
-                print(f"round {rnd + 1}/{args.rounds} {variant:<14} wall {run['wall_seconds']:6.1f} s  "
-                      f"train_runtime {run['train_runtime']:6.1f} s  train_loss {run['train_loss']:.6f}  "
-                      f"load before {run['load_average_1min_before']:.1f}", flush=True)
+        def run_one(variant: str, rnd: int) -> dict:
+            name = f"{variant}-{rnd}"
+            return launch_run(variant, config_path, root / "out" / name, logs / f"{name}.log",
+                              timeout=args.run_timeout, threads=args.threads, cluster=cluster)
+
+        runs = alternate(VARIANTS, args.rounds, run_one, lambda run: (
+            f"wall {run['wall_seconds']:6.1f} s  train_runtime {run['train_runtime']:6.1f} s  "
+            f"train_loss {run['train_loss']:.6f}  load before {run['load_average_1min_before']:.1f}"))
         if args.profile:
-            run = launch("ray_1_worker", config_path, root / "out" / "profile", logs / "profile.log", profile=True,
+            run = launch_run("ray_1_worker", config_path, root / "out" / "profile", logs / "profile.log", profile=True,
                          timeout=args.run_timeout, threads=args.threads, cluster=cluster)
             profiles.append(run)
         stack.close()
@@ -628,11 +415,8 @@ def main(argv: list[str] | None = None) -> int:
     check = check_target(summary, losses, args.quick)
     print_results(runs, summary, losses, check, profiles)
     write_json(args.out, {
-        "command": "python -m benchmarks.ray_overhead " + " ".join(argv),
-        "machine": machine_facts(args.device),
-        "git": git_state(REPO, ("trainer", "rayjobs")),
-        "load_average_after": os.getloadavg(),
-        "versions": {p: package_version(None, p) for p in ("ray", "torch", "transformers", "accelerate")},
+        **results_header("benchmarks.ray_overhead", argv, args.device, REPO, dirs=("trainer", "rayjobs"),
+                         packages=("ray", "torch", "transformers", "accelerate")),
         "setup": {"config": {k: v for k, v in config.items() if k != "model_name_or_path"}, "model": MODEL,
                   "base_config": str(BASE_CONFIG.relative_to(REPO)), "cli": cli_command()[-1],
                   "rounds": args.rounds, "quick": args.quick,

@@ -38,27 +38,26 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
+from benchmarks import _common
 from benchmarks._common import (
-    git_state,
+    alternate,
+    check_launched,
     lf_peer_python,
-    machine_facts,
     median,
     package_version,
-    print_profile,
+    results_header,
     write_json,
 )
+from benchmarks._profiling import print_profile
+from benchmarks._step_workers import LF_VARIANTS, VARIANTS, run_worker
 
 REPO = Path(__file__).resolve().parents[1]
 LF_PEER = REPO.parent / "shared" / "tools" / "lf-peer"
-VARIANTS = ("prefsweep", "prefsweep_cache", "llamafactory", "llamafactory_default", "trl")
 BASELINES = ("llamafactory", "llamafactory_default", "trl")
-LF_VARIANTS = ("llamafactory", "llamafactory_default")
 TARGETS = {  # issue 4
     "throughput_vs_peers_without_cache": 1.15,
     "throughput_vs_peers_with_cache": 1.35,
@@ -97,167 +96,6 @@ def train_config(args, model_dir: Path, dataset: str, dataset_dir: Path) -> dict
     if args.device == "cuda":
         config["bf16"] = True
     return config
-
-
-def prefsweep_config(spec: dict, output_dir: str, precompute_ref: str) -> dict:
-    # A private cache root: the build is a real miss and the cached runs real hits.
-    return {**spec["config"], "output_dir": output_dir, "use_ray": False, "precompute_ref": precompute_ref,
-            "ref_cache_dir": spec["ref_cache_dir"]}
-
-
-# ---- workers: each runs in its own subprocess --------------------------------------------------------
-
-
-def profile_regions(variant: str) -> list[str]:
-    """Label the peer's main functions for `--profile` runs; returns the targets that were not found."""
-    from transformers.models.llama import modeling_llama
-
-    from benchmarks._common import label_functions
-
-    targets = [(modeling_llama.LlamaModel, "forward", "backbone forward")]
-    if variant.startswith("prefsweep"):
-        import trainer.lean_head
-        import trainer.preference_trainer as pt
-
-        targets += [
-            (pt, "hidden_logps", "lean head forward"),
-            (trainer.lean_head._HiddenLogps, "_backward", "lean head backward"),
-            (pt.PreferenceTrainer, "_reference_logps", "reference forward"),
-            (pt.PreferenceTrainer, "_store", "metrics"),
-        ]
-    elif variant in LF_VARIANTS:
-        import llamafactory.train.dpo.trainer as lf
-
-        targets += [
-            (modeling_llama.LlamaForCausalLM, "forward", "LM head forward"),
-            (lf, "get_batch_logps", "log-softmax + gather"),
-            (lf.CustomDPOTrainer, "compute_reference_log_probs", "reference forward"),
-        ]
-    elif variant == "trl":
-        from trl.kernels import ChunkedLogProbFunction
-
-        targets += [
-            (ChunkedLogProbFunction, "forward", "chunked log-prob forward"),
-            (ChunkedLogProbFunction, "backward", "chunked log-prob backward"),
-        ]
-    return label_functions(targets)
-
-
-def step_meter(spec: dict):
-    from benchmarks._common import make_step_meter
-
-    return make_step_meter(spec["device"], profile_after=spec["warmup"] if spec.get("profile") else None)
-
-
-def worker_prefsweep(spec: dict, output_dir: str, precompute_ref: str) -> dict:
-    from trainer.config import load_config
-    from trainer.workflow import build_trainer
-
-    meter = step_meter(spec)
-    cfg = load_config(prefsweep_config(spec, output_dir, precompute_ref))
-    trainer, facts = build_trainer(cfg, [meter])
-    trainer.train()
-    return {**meter.summary(spec["warmup"]), "reference_forwards_in_training": trainer.reference_forwards,
-            "ref_cache": {"status": facts["ref_cache"].status, "reason": facts["ref_cache"].reason}}
-
-
-def worker_cache_build(spec: dict, output_dir: str) -> dict:
-    """Build the reference cache the `prefsweep_cache` runs read; timed here, not in the steps."""
-    from trainer.config import load_config
-    from trainer.ref_cache import ensure_reference_cache
-
-    cfg = load_config(prefsweep_config(spec, output_dir, "always"))
-    start = time.perf_counter()
-    info = ensure_reference_cache(cfg)
-    seconds = time.perf_counter() - start
-    if info.status != "miss":
-        raise RuntimeError(f"expected to build the reference cache, got status {info.status!r} ({info.reason})")
-    return {"build_seconds": seconds, "status": info.status, "reference_forwards": info.reference_forwards,
-            "cache_build_seconds_reported": info.build_seconds}
-
-
-def worker_llamafactory(spec: dict, output_dir: str, *, gradient_checkpointing: bool) -> dict:
-    from llamafactory.train.tuner import run_exp
-
-    meter = step_meter(spec)
-    config = {**spec["config"], "output_dir": output_dir,
-              "disable_gradient_checkpointing": not gradient_checkpointing}
-    run_exp(config, callbacks=[meter])
-    return meter.summary(spec["warmup"])
-
-
-def worker_trl(spec: dict, output_dir: str) -> dict:
-    import torch
-    from datasets import Dataset
-    from transformers import AutoTokenizer
-    from trl import DPOConfig, DPOTrainer
-
-    class PretokenizedDPOTrainer(DPOTrainer):
-        """DPOTrainer on rows that already hold prompt_ids / chosen_ids / rejected_ids: skip its tokenizer."""
-
-        def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
-            return dataset
-
-    cfg = spec["config"]
-    rows = json.loads(Path(spec["pairs_file"]).read_text())
-    tokenizer = AutoTokenizer.from_pretrained(cfg["model_name_or_path"])
-    dtype = torch.bfloat16 if spec["device"] == "cuda" else torch.float32
-    args = DPOConfig(
-        output_dir=output_dir,
-        per_device_train_batch_size=cfg["per_device_train_batch_size"],
-        gradient_accumulation_steps=1,
-        learning_rate=cfg["learning_rate"],
-        max_steps=cfg["max_steps"],
-        logging_steps=cfg["logging_steps"],
-        save_strategy="no",
-        report_to="none",
-        seed=cfg["seed"],
-        beta=cfg["pref_beta"],
-        loss_type=["sigmoid"],
-        precompute_ref_log_probs=False,
-        gradient_checkpointing=False,
-        bf16=spec["device"] == "cuda",
-        max_length=cfg["cutoff_len"],
-        pad_to_multiple_of=8,
-        remove_unused_columns=False,
-        model_init_kwargs={"dtype": dtype},
-    )
-    meter = step_meter(spec)
-    trainer = PretokenizedDPOTrainer(
-        model=cfg["model_name_or_path"],
-        args=args,
-        train_dataset=Dataset.from_list(rows),
-        processing_class=tokenizer,
-        callbacks=[meter],
-    )
-    trainer.train()
-    return meter.summary(spec["warmup"])
-
-
-def run_worker(variant: str, spec_path: str, out_path: str) -> int:
-    spec = json.loads(Path(spec_path).read_text())
-    missing = profile_regions(variant) if spec.get("profile") and variant != "cache_build" else []
-    with tempfile.TemporaryDirectory(prefix=f"st-{variant}-") as output_dir:
-        if variant == "prefsweep":
-            result = worker_prefsweep(spec, output_dir, "never")
-            if not result["reference_forwards_in_training"]:
-                raise RuntimeError("the uncached run ran no reference forward")
-        elif variant == "prefsweep_cache":
-            result = worker_prefsweep(spec, output_dir, "always")
-            if result["ref_cache"]["status"] != "hit" or result["reference_forwards_in_training"]:
-                raise RuntimeError(f"the cached run did not read the prebuilt cache: {result['ref_cache']}")
-        elif variant == "cache_build":
-            result = worker_cache_build(spec, output_dir)
-        elif variant in LF_VARIANTS:
-            result = worker_llamafactory(spec, output_dir, gradient_checkpointing=variant == "llamafactory_default")
-        elif variant == "trl":
-            result = worker_trl(spec, output_dir)
-        else:
-            raise ValueError(f"unknown variant {variant!r}; one of {VARIANTS + ('cache_build',)}")
-    if missing:
-        result["profile_regions_missing"] = missing
-    write_json(out_path, {"variant": variant, **result})
-    return 0
 
 
 # ---- driver ------------------------------------------------------------------------------------------
@@ -333,13 +171,12 @@ def launch(variant: str, spec_path: Path, out_path: Path, args) -> dict:
         env["PYTHONPATH"] = f"{stubs}:{REPO}"
     cmd = [python, "-m", "benchmarks.step_throughput", "--worker", variant, "--spec", str(spec_path),
            "--out", str(out_path)]
-    load = os.getloadavg()[0]
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=args.run_timeout)
-    wall = time.perf_counter() - start
-    if proc.returncode != 0 or not out_path.is_file():
-        sys.stderr.write(f"--- {variant} failed (rc {proc.returncode}) ---\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}\n")
-        raise SystemExit(f"{variant} run failed")
+    log_path = out_path.with_suffix(".log")
+    run = _common.launch(cmd, cwd=REPO, env=env, timeout=args.run_timeout, log_path=log_path)
+    check_launched(run, f"{variant} run", log_path)
+    if not out_path.is_file():
+        raise SystemExit(f"{variant} run wrote no results; full log {log_path}")
+    wall, load = run.wall_seconds, run.load_average_1min_before
     result = json.loads(out_path.read_text())
     result.update(process_wall_seconds=wall, load_average_1min_before=load)
     return result
@@ -535,15 +372,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"reference cache built in {cache_build['build_seconds']:.1f} s "
                   f"(process {cache_build['process_wall_seconds']:.1f} s)")
 
-        runs: dict[str, list[dict]] = {v: [] for v in variants}
-        for rep in range(args.reps):
-            for variant in variants:
-                result = launch(variant, spec_path, root / f"{variant}-{rep}.json", args)
-                runs[variant].append(result)
-                print(f"round {rep + 1}/{args.reps} {variant:<20} {result['tokens_per_second']:8.0f} tok/s  "
-                      f"steps {[round(s, 2) for s in result['step_seconds']]}  "
-                      f"peak {memory_of(result, args.device)[0]:.0f} MiB  "
-                      f"(process {result['process_wall_seconds']:.0f} s)", flush=True)
+        runs = alternate(variants, args.reps, lambda v, rep: launch(v, spec_path, root / f"{v}-{rep}.json", args),
+                         lambda r: (f"{r['tokens_per_second']:8.0f} tok/s  steps {[round(s, 2) for s in r['step_seconds']]}"
+                                    f"  peak {memory_of(r, args.device)[0]:.0f} MiB  (process {r['process_wall_seconds']:.0f} s)"))
 
         profiles = {}
         if args.profile:
@@ -575,10 +406,7 @@ def main(argv: list[str] | None = None) -> int:
         "same_batches_in_every_run": same_batches,
     }
     write_json(out_json, {
-        "command": "python -m benchmarks.step_throughput " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": machine_facts(args.device),
-        "git": git_state(REPO),
-        "load_average_after": os.getloadavg(),
+        **results_header("benchmarks.step_throughput", argv if argv is not None else sys.argv[1:], args.device, REPO),
         "versions": versions,
         "setup": setup,
         "cache_build": cache_build,

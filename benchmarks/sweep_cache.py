@@ -49,17 +49,15 @@ import argparse
 import json
 import math
 import os
-import re
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import yaml
 
-from benchmarks._common import git_state, machine_facts, median, package_version, write_json
+from benchmarks._common import alternate, check_launched, launch, median, results_header, write_json
+from benchmarks._sweep_outputs import COMPARED, sweep_outputs
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = ("no_cache", "cache")
@@ -70,8 +68,6 @@ TARGETS = {  # issue 4
 }
 # Every paired loss that needs a reference (`trainer.losses`), two betas each on its own scale.
 BETAS = {"sigmoid": [0.05, 0.1], "hinge": [0.05, 0.1], "ipo": [0.1, 0.5], "kto_pair": [0.05, 0.1]}
-# Metrics compared between the variants, per trial.
-COMPARED = ("train_loss", "eval_loss", "eval_rewards/margins", "eval_rewards/accuracies", "eval_logps/chosen")
 # The model of benchmarks.step_throughput's defaults.
 MODEL = {"vocab_size": 32000, "hidden_size": 256, "intermediate_size": 1024, "num_hidden_layers": 4,
          "num_attention_heads": 8, "num_key_value_heads": 4}
@@ -159,101 +155,6 @@ def count_examples(args, model_dir: Path, scratch: Path) -> dict[str, int]:
             "skipped": sum(data.skipped.values())}
 
 
-# ---- one run -----------------------------------------------------------------------------------------
-
-
-BUILD_LINE = re.compile(r"prefsweep: reference log-probs (\w+) \((.*)\); (\d+)s")
-CONCURRENCY_LINE = re.compile(r"each trial holds (\{.*?\}); up to (\d+) at once")
-
-
-def trial_results(outputs: Path) -> dict[str, dict]:
-    """Per trial dir under the sweep's output_dir: loss, beta, ref_cache.json, final metrics, logged losses."""
-    trials = {}
-    for trial_dir in sorted(p for p in outputs.iterdir() if p.is_dir() and p.name.startswith("trial_")):
-        record: dict = {"complete": False}
-        resolved = trial_dir / "resolved_config.yaml"
-        if resolved.is_file():
-            flat = yaml.safe_load(resolved.read_text())  # TrainConfig.to_yaml: one flat mapping
-            record.update(loss=flat.get("pref_loss"), beta=flat.get("pref_beta"))
-        cache = trial_dir / "ref_cache.json"
-        if cache.is_file():
-            info = json.loads(cache.read_text())
-            record["ref_cache"] = {k: info.get(k) for k in ("status", "reason", "rows", "reference_forwards")}
-            record["run_reference_forwards"] = info.get("run_reference_forwards")
-        results = trial_dir / "all_results.json"
-        state = trial_dir / "trainer_state.json"
-        if results.is_file() and state.is_file():
-            metrics = json.loads(results.read_text())
-            history = json.loads(state.read_text())["log_history"]
-            record.update(
-                complete=record.get("run_reference_forwards") is not None,
-                metrics={k: metrics[k] for k in (*COMPARED, "train_runtime", "eval_runtime") if k in metrics},
-                steps=max((h.get("step", 0) for h in history), default=0),
-                logged_losses=[[h["step"], h["loss"]] for h in history if "loss" in h],
-                logged_eval_losses=[[h["step"], h["eval_loss"]] for h in history if "eval_loss" in h],
-            )
-        trials[trial_dir.name] = record
-    return trials
-
-
-def cache_manifests(cache_root: Path) -> list[dict]:
-    manifests = []
-    for path in sorted(cache_root.glob("*/manifest.json")) if cache_root.is_dir() else []:
-        manifest = json.loads(path.read_text())
-        manifests.append({"key": manifest.get("key"), "reference_forwards": manifest.get("reference_forwards"),
-                          "rows": {s: f["rows"] for s, f in manifest.get("files", {}).items()}})
-    return manifests
-
-
-def timed_run(cmd: list[str], cwd: Path, env: dict, timeout: float, log: Path) -> tuple[list, str]:
-    """Run `cmd`, writing its output to `log`; ([(seconds since start, line), ..., (wall, returncode)], text)."""
-    import threading
-
-    lines = []
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    timer = threading.Timer(timeout, proc.kill)
-    timer.start()
-    try:
-        with log.open("w") as handle:
-            for line in proc.stdout:
-                lines.append((time.perf_counter() - start, line.rstrip("\n")))
-                handle.write(f"[{lines[-1][0]:7.1f}] {line}")
-        returncode = proc.wait()
-    finally:
-        timer.cancel()
-    lines.append((time.perf_counter() - start, returncode))
-    return lines, "\n".join(line for _, line in lines[:-1])
-
-
-def timeline(lines: list[tuple[float, str]], wall: float) -> dict:
-    """Seconds from the driver's start to: the cache build's end, the first trial's start, the last trial's
-    end, the sweep's summary line, the process's exit (None for what the output did not show)."""
-
-    def first(pattern: str, last: bool = False) -> float | None:
-        hits = [t for t, line in lines if re.search(pattern, line)]
-        return (hits[-1] if last else hits[0]) if hits else None
-
-    return {
-        "sweep_start_line": first(r"^prefsweep: sweep .* each trial holds"),
-        "cache_built": first(r"^prefsweep: reference log-probs", last=True),
-        "first_trial_started": first(r"^Trial \S+ started"),
-        "last_trial_completed": first(r"^Trial \S+ completed", last=True),
-        "sweep_finished_line": first(r"^prefsweep: sweep .* finished"),
-        "exit": wall,
-    }
-
-
-def tune_trial_seconds(experiment: Path) -> dict[str, float]:
-    """Tune's `time_total_s` of each trial (its last result): the trial driver's whole life."""
-    seconds = {}
-    for result in experiment.glob("trial_*/result.json"):
-        rows = [line for line in result.read_text().splitlines() if line.strip()]
-        if rows:
-            seconds[result.parent.name] = json.loads(rows[-1]).get("time_total_s")
-    return seconds
-
-
 def run_sweep(args, model_dir: Path, root: Path, variant: str, round_: int) -> dict:
     run_dir = root / f"{variant}-r{round_}"
     run_dir.mkdir()
@@ -263,34 +164,11 @@ def run_sweep(args, model_dir: Path, root: Path, variant: str, round_: int) -> d
     env.update({"PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1",
                 "MLFLOW_TRACKING_URI": f"sqlite:///{run_dir / 'mlflow.db'}",
                 "MLFLOW_EXPERIMENT_NAME": "sweep_cache"})
-    load = os.getloadavg()[0]
-    lines, text = timed_run([sys.executable, "-m", "rayjobs.sweep", str(spec_path)], run_dir, env, args.run_timeout,
-                            run_dir / "driver.log")
-    wall = lines[-1][0]
-    returncode = lines[-1][1]
-    if returncode != 0:
-        sys.stderr.write(f"--- {variant} round {round_} failed (rc {returncode}); {run_dir / 'driver.log'} ---\n"
-                         f"{text[-6000:]}\n")
-        raise SystemExit(f"sweep {variant} round {round_} failed")
-    builds = [{"status": m[0], "where": m[1], "driver_seconds": int(m[2])} for m in BUILD_LINE.findall(text)]
-    concurrency = CONCURRENCY_LINE.search(text)
-    result = {
-        "variant": variant,
-        "round": round_,
-        "wall_seconds": wall,
-        "load_average_1min_before": load,
-        "load_average_1min_after": os.getloadavg()[0],
-        "returncode": returncode,
-        "timeline": timeline(lines[:-1], wall),
-        "per_trial_resources": concurrency and concurrency[1],
-        "concurrent_trials": int(concurrency[2]) if concurrency else None,
-        "cache_builds": builds,
-        "cache_manifests": cache_manifests(run_dir / "ref_cache"),
-        "trials": trial_results(run_dir / "outputs"),
-    }
-    for name, seconds in tune_trial_seconds(run_dir / "ray_results" / f"sweep_cache_{variant}_r{round_}").items():
-        if name in result["trials"]:
-            result["trials"][name]["tune_time_total_s"] = seconds
+    run = launch([sys.executable, "-m", "rayjobs.sweep", str(spec_path)], cwd=run_dir, env=env,
+                 timeout=args.run_timeout, log_path=run_dir / "driver.log")
+    check_launched(run, f"sweep {variant} round {round_}", run_dir / "driver.log")
+    result = {"variant": variant, "round": round_,
+              **sweep_outputs(run, run_dir, run_dir / "ray_results" / f"sweep_cache_{variant}_r{round_}")}
     if args.keep:
         result["run_dir"] = str(run_dir)
     else:
@@ -485,6 +363,12 @@ def report(path: Path) -> int:
     return 0
 
 
+def round_line(run: dict) -> str:
+    fw = reference_forwards(run)
+    return (f"{run['wall_seconds']:6.1f} s  reference forwards {fw['total']} (build {fw['cache_build']}, "
+            f"trials {fw['trials']})  {run['concurrent_trials']} at once  load before {run['load_average_1min_before']:.1f}")
+
+
 # ---- driver ------------------------------------------------------------------------------------------
 
 
@@ -522,7 +406,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from trainer.tiny_model import build_tiny_model
 
-    keep_root = args.keep
     root = Path(tempfile.mkdtemp(prefix="sweep-cache-", dir="/tmp"))
     try:
         model_dir = build_tiny_model(root / "model", [REPO / "data" / "dpo_en_demo.json"], seed=0,
@@ -530,18 +413,9 @@ def main(argv: list[str] | None = None) -> int:
         examples = count_examples(args, model_dir, root / "count")
         print(f"{examples['train']} train + {examples['eval']} eval examples; {len(BETAS) * 2} trials per sweep; "
               f"{args.rounds} rounds of {' '.join(VARIANTS)}", flush=True)
-        runs: dict[str, list[dict]] = {v: [] for v in VARIANTS}
-        for round_ in range(args.rounds):
-            for variant in VARIANTS:
-                run = run_sweep(args, model_dir, root, variant, round_)
-                runs[variant].append(run)
-                fw = reference_forwards(run)
-                print(f"round {round_ + 1}/{args.rounds} {variant:<9} {run['wall_seconds']:6.1f} s  "
-                      f"reference forwards {fw['total']} (build {fw['cache_build']}, trials {fw['trials']})  "
-                      f"{run['concurrent_trials']} at once  load before {run['load_average_1min_before']:.1f}",
-                      flush=True)
+        runs = alternate(VARIANTS, args.rounds, lambda v, r: run_sweep(args, model_dir, root, v, r), round_line)
     finally:
-        if not keep_root:
+        if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
         else:
             print(f"run dirs kept under {root}")
@@ -550,13 +424,9 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarize(runs, examples)
     checks = check_targets(summary, problems)
     print_results(summary, checks)
-    packages = ("torch", "transformers", "ray", "mlflow", "accelerate")
     write_json(out_json, {
-        "command": "python -m benchmarks.sweep_cache " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": machine_facts(args.device),
-        "git": git_state(REPO),
-        "load_average_after": os.getloadavg(),
-        "versions": {p: package_version(None, p) for p in packages},
+        **results_header("benchmarks.sweep_cache", argv if argv is not None else sys.argv[1:], args.device, REPO,
+                         packages=("torch", "transformers", "ray", "mlflow", "accelerate")),
         "setup": {
             "model": {"architecture": "LlamaForCausalLM", **model_shape, "tie_word_embeddings": False,
                       "dtype": "bfloat16" if args.device == "cuda" else "float32"},

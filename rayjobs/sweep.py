@@ -297,7 +297,7 @@ def run(source: str | Path | dict, overrides: list[str] = (), *, worker_logs: bo
 def register_best(spec: SweepSpec, parent_run_id: str, output_root: Path):
     """`register_best: true`: the best trial's model, registered under the sweep's name; a failure is reported,
     never fatal (the sweep's results are all in by now)."""
-    from rayjobs import best_model
+    from rayjobs.tracking import best_model
     from rayjobs.tracking import store as mlflow_store
 
     try:
@@ -346,7 +346,7 @@ def restore_tuner(path: str, trainable):
 
 def trial_summaries(grid, spec: SweepSpec, base: TrainConfig) -> list:
     """One `TrialSummary` per Tune result: sampled values and final metric (curves come from MLflow)."""
-    from rayjobs.tracking.leaderboard import TrialSummary
+    from rayjobs.tracking.leaderboard import EXTRA_METRICS, TrialSummary
 
     summaries = []
     for result in grid:
@@ -365,6 +365,8 @@ def trial_summaries(grid, spec: SweepSpec, base: TrainConfig) -> list:
                 final=float(final) if math.isfinite(final) else None,
                 best=None,
                 config=raw,
+                extras={k: float(v) for k, v in (result.metrics or {}).items()
+                        if k in EXTRA_METRICS and k != spec.metric and math.isfinite(v)},
             )
         )
     return summaries

@@ -52,7 +52,7 @@ SCHEDULERS = ("none", "asha")
 MODES = ("max", "min")
 RESOURCE_KEYS = ("num_workers", "use_gpu", "resources_per_worker")
 
-# What the trainer logs (DESIGN.md), each also with an `eval_` prefix at evaluation.
+# What the trainer logs (docs/architecture.md, "Metrics the trainer logs"), each also with an `eval_` prefix at evaluation.
 TRAINER_METRICS = (
     "loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
     "logps/chosen", "logps/rejected", "logits/chosen", "logits/rejected", "sft_loss", "odds_ratio_loss", "kl",

@@ -150,7 +150,7 @@ def test_config_takes_a_trl_path_relative_to_the_working_dir(tmp_path, monkeypat
 
 
 def test_trl_kto_file_trains_without_dataset_info(tiny_model, tmp_path):
-    """First KTO loss at policy == reference is 0.5 (DESIGN.md), then it falls."""
+    """First KTO loss at policy == reference is 0.5 (docs/architecture.md), then it falls."""
     from trainer.workflow import run_training
 
     rows = [{"prompt": [user(p)], "completion": [assistant(f"Answer {i}.")], "label": i % 2 == 0}

@@ -301,7 +301,7 @@ def test_demo_spec_submitted_from_a_fresh_checkout_after_make_demo(ray_head, tin
     run = subprocess.run(
         [str(BIN / "ray"), "job", "submit", "--working-dir", ".", "--", "python", "-m", "rayjobs.sweep",
          "sweeps/demo.yaml", "num_samples=1", "space={pref_beta: {grid: [0.1]}}", "max_steps=2", "eval_steps=2",
-         "eval_generate=0",
+         "eval_generate=1", "eval_generate_max_new_tokens=4",
          f"storage_path={storage}"],
         cwd=checkout, env=head_env_without_mlflow(ray_head), capture_output=True, text=True, timeout=400,
     )

@@ -1,4 +1,4 @@
-"""Reference log-prob cache (trainer/ref_cache.py) on the tiny model.
+"""Reference log-prob cache (trainer/ref_cache/) on the tiny model.
 
 - Training from the cache gives the losses and every logged metric of training with a live reference
   (within 1e-5, float32), for sigmoid, ipo (averaged log-probs), kto_pair and kto, full FT and LoRA.
@@ -233,7 +233,7 @@ def test_weight_hashes_are_remembered_by_path_size_and_mtime(tmp_path, monkeypat
     with path.open("r+b") as f:
         f.write(b"b")
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    monkeypatch.setattr(ref_cache, "_HASH_MEMO", {})  # a new process: only the on-disk record remains
+    monkeypatch.setattr(ref_cache.key, "_HASH_MEMO", {})  # a new process: only the on-disk record remains
     assert file_sha256(path, tmp_path / "cache") == first
     path.write_bytes(b"c" * 1000)
     assert file_sha256(path, tmp_path / "cache") != first

@@ -1,4 +1,4 @@
-"""End to end on the tiny offline model: every loss trains in-process and logs what DESIGN.md names.
+"""End to end on the tiny offline model: every loss trains in-process and logs what docs/architecture.md names.
 
 For each loss the first logged loss (policy == reference at step 1) is the known initial value, and
 after a few epochs on a small repeated set the loss falls and rewards/accuracies rises.
@@ -27,7 +27,7 @@ PAIRED_METRICS = [
     "logits/chosen",
     "logits/rejected",
 ]
-INITIAL_LOSS = {  # policy == reference, from DESIGN.md
+INITIAL_LOSS = {  # policy == reference, from docs/architecture.md ("Losses: notation")
     "sigmoid": math.log(2),
     "hinge": 1.0,
     "ipo": (1 / (2 * BETA)) ** 2,

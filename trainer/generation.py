@@ -166,8 +166,8 @@ def validate_generation_keys(cfg) -> None:
                           "val_size is 0")
     if ft.eval_generate_max_new_tokens < 1:
         raise ConfigError(f"eval_generate_max_new_tokens must be >= 1, got {ft.eval_generate_max_new_tokens}")
-    if ft.eval_reward_model and not ft.eval_generate:
-        raise ConfigError("eval_reward_model scores the eval generations: set eval_generate: N (N > 0) too")
+    # eval_reward_model without eval_generate is left unused, not refused: `eval_generate=0` is how a user
+    # turns generation off for one run of a config that names a reward model
 
 
 def evaluate_generations(trainer, cfg, settings: SamplingSettings) -> tuple[list[GenerationRow], dict[str, float]]:

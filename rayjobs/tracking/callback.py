@@ -104,7 +104,7 @@ class MlflowLoggingCallback(TrainerCallback):
         self._sender = None
         self._last_timestamp = 0
         self._dropped = 0  # dropped_log_batches once the spool is closed
-        self._system_metrics = None  # rank 0's MLflow SystemMetricsMonitor (rayjobs.trial_outputs)
+        self._system_metrics = None  # rank 0's MLflow SystemMetricsMonitor (rayjobs.tracking.trial_outputs)
         self._last_step: dict[str, int] = {}  # per metric key, the last step spooled (rank 0)
 
     def __getstate__(self) -> dict:
@@ -187,7 +187,7 @@ class MlflowLoggingCallback(TrainerCallback):
         # A healthy store has the run before the first step (a dead one fails at once, a hung one is
         # given OPEN_WAIT_S); the sender keeps retrying either way.
         self._sender.wait_sent(spool.state.items[-1]["seq"], mlflow_spool.OPEN_WAIT_S)
-        from rayjobs.trial_outputs import start_system_metrics
+        from rayjobs.tracking.trial_outputs import start_system_metrics
 
         self._system_metrics = start_system_metrics(self.tracking_uri, self.run_id)
 
@@ -251,7 +251,7 @@ class MlflowLoggingCallback(TrainerCallback):
                 where += [[_relative(p, spool.path.parent), "model"] for p in _model_files(output_dir)]
             texts = {RESOLVED_CONFIG_NAME: self._resolved_config_yaml(output_dir)}
             self._spool_item({"op": "artifacts", "files": where, "texts": texts})
-            from rayjobs import trial_outputs
+            from rayjobs.tracking import trial_outputs
 
             trial_outputs.stop_system_metrics(self._system_metrics)
             self._system_metrics = None

@@ -35,6 +35,8 @@ class TrialSummary:
     """The trial's resolved training config (what `best_config.yaml` holds for the winner)."""
     curve: list[tuple[int, float]] = field(default_factory=list)
     """(step, value) of the sweep metric."""
+    extras: dict[str, float] = field(default_factory=dict)
+    """Other final metrics shown beside the sweep metric (`EXTRA_METRICS`: reward accuracy, win rate)."""
 
 
 def _finite(value: float | None) -> float | None:
@@ -79,6 +81,12 @@ def rank(trials: list[TrialSummary], *, mode: str, scope: str = "last") -> list[
 
 
 COLUMNS = ("rank", "trial", "loss", "beta", "gamma", "ftx", "final", "best", "run_id")
+EXTRA_METRICS = ("eval_rewards/accuracies", "eval_reward/win_rate_vs_ref", "eval_reward/mean")
+"""Shown after `best` when a trial reported them and they are not the sweep metric."""
+
+
+def extra_names(ranked: list[TrialSummary]) -> list[str]:
+    return [name for name in EXTRA_METRICS if any(name in t.extras for t in ranked)]
 
 
 def _fmt(value, digits: int = 4) -> str:
@@ -100,21 +108,24 @@ def _rows(ranked: list[TrialSummary]) -> list[list[str]]:
             f"{t.ftx:g}",
             _fmt(t.final),
             _fmt(t.best),
+            *(_fmt(t.extras.get(name)) for name in extra_names(ranked)),
             t.run_id or "-",
         ]
         for i, t in enumerate(ranked, start=1)
     ]
 
 
-def _header(metric: str) -> list[str]:
-    return [c if c not in ("final", "best") else f"{c} {metric}" for c in COLUMNS]
+def _header(metric: str, extras: list[str] = ()) -> list[str]:
+    named = [c if c not in ("final", "best") else f"{c} {metric}" for c in COLUMNS]
+    return [*named[:-1], *extras, named[-1]]
 
 
 def to_csv(ranked: list[TrialSummary], metric: str) -> str:
     """Machine-readable: full precision, empty cells for missing values."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(_header(metric))
+    extras = extra_names(ranked)
+    writer.writerow(_header(metric, extras))
     for i, t in enumerate(ranked, start=1):
         writer.writerow(
             [
@@ -126,6 +137,7 @@ def to_csv(ranked: list[TrialSummary], metric: str) -> str:
                 t.ftx,
                 "" if t.final is None else t.final,
                 "" if t.best is None else t.best,
+                *("" if t.extras.get(name) is None else t.extras[name] for name in extras),
                 t.run_id or "",
             ]
         )
@@ -136,8 +148,8 @@ def to_markdown(ranked: list[TrialSummary], metric: str, *, mode: str, scope: st
     lines = [
         f"# Leaderboard: `{metric}` ({mode}, ranked by {scope} value)",
         "",
-        "| " + " | ".join(_header(metric)) + " |",
-        "|" + "---|" * len(COLUMNS),
+        "| " + " | ".join(_header(metric, extra_names(ranked))) + " |",
+        "|" + "---|" * (len(COLUMNS) + len(extra_names(ranked))),
     ]
     lines += ["| " + " | ".join(row) + " |" for row in _rows(ranked)]
     return "\n".join(lines) + "\n"
@@ -145,10 +157,10 @@ def to_markdown(ranked: list[TrialSummary], metric: str, *, mode: str, scope: st
 
 def to_text(ranked: list[TrialSummary], metric: str, *, mode: str, scope: str = "last") -> str:
     """Aligned columns for the terminal; the metric is named in the title, run ids are left to the CSV."""
-    header = list(COLUMNS[:-1])
+    header = [*COLUMNS[:-1], *extra_names(ranked)]
     rows = [row[:-1] for row in _rows(ranked)]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    numeric = {0, 3, 4, 5, 6, 7}
+    numeric = {0, 3, 4, 5, *range(6, len(header))}
 
     def line(cells: list[str]) -> str:
         return "  ".join(

@@ -98,7 +98,7 @@ class Delivery:
             for name, text in items[0].get("texts", {}).items():
                 self.client.log_text(self.run_id, text, name)
         elif op == "outputs":
-            from rayjobs import trial_outputs
+            from rayjobs.tracking import trial_outputs
 
             trial_outputs.deliver(self.client, self.run_id, self.spool.path.parent, items[0])
         elif op == "end":

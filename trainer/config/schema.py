@@ -146,7 +146,7 @@ class FinetuningArguments:
     eval_generate_max_new_tokens: int = 48
     """Most new tokens per generated answer."""
     eval_reward_model: str | None = None
-    """Sequence-classification reward model (path or hub id) that scores the generations: eval_reward/mean, eval_reward/win_rate_vs_ref."""
+    """Sequence-classification reward model (path or hub id) that scores the generations: eval_reward/mean, eval_reward/win_rate_vs_ref (unused while eval_generate is 0)."""
 
     @property
     def loss_name(self) -> str:

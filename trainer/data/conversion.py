@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from trainer.data.dataset_info import DatasetAttr
+from trainer.data.dataset_attr import DatasetAttr
 
 INVALID_JSON = "invalid JSON"
 UNDECODABLE = "undecodable text"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from trainer import hub
 from trainer.data import trl_format
-from trainer.data.dataset_info import DatasetAttr, has_magic, local_data_path
+from trainer.data.dataset_attr import DatasetAttr, has_magic, local_data_path
 from trainer.data.reading import data_files
 from trainer.errors import ConfigError, DataError
 

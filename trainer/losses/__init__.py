@@ -1,6 +1,6 @@
 """Preference-optimization losses as pure functions, behind one registry.
 
-Notation (docs/DESIGN.md, "The losses"): pi_c, pi_r are policy log-probs of the chosen / rejected response,
+Notation (docs/architecture.md, "Losses: notation"): pi_c, pi_r are policy log-probs of the chosen / rejected response,
 ref_c, ref_r the reference's; dc = pi_c - ref_c, dr = pi_r - ref_r, h = dc - dr; s = sigmoid. Every
 function takes (B,) tensors and keyword-only hyperparameters, returns a `LossOutput` of per-example
 losses (the caller reduces), and keeps no state. `LOSSES` is the single list of names: help text,

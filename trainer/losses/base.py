@@ -1,6 +1,6 @@
 """What every loss shares: the output type, argument checks, rewards and TRL's f-divergence scores.
 
-Notation (docs/DESIGN.md, "The losses"): pi_c, pi_r are policy log-probs of the chosen / rejected response,
+Notation (docs/architecture.md, "Losses: notation"): pi_c, pi_r are policy log-probs of the chosen / rejected response,
 ref_c, ref_r the reference's; dc = pi_c - ref_c, dr = pi_r - ref_r, h = dc - dr; s = sigmoid.
 """
 
