@@ -168,7 +168,7 @@ def run_worker(loop: TrainLoop) -> None:
     if loop.tracking is not None:
         from rayjobs.tracking.callback import MlflowLoggingCallback
 
-        tracker = MlflowLoggingCallback(**loop.tracking, config=cfg.to_flat_dict())
+        tracker = MlflowLoggingCallback(**loop.tracking, config=cfg.to_flat_dict(), invocation=loop.invocation)
         callbacks.append(tracker)
     result = None
     try:

@@ -21,21 +21,12 @@ import yaml
 from mlflow import MlflowClient
 
 from rayjobs.sweep_interrupt import Interrupted, SweepInterrupts, exit_code, resume_command
-from tests.test_fault_driver_death import driver_env, has_checkpoint, tune_trials  # noqa: F401 (a fixture)
+from tests.test_fault_driver_death import driver_env, has_checkpoint, one_value_per_step, tune_trials  # noqa: F401
 from tests.test_ray_sweep import REPO, base_config
 
 NAME = "interrupted"
 SAVE_STEPS = 3
 MAX_STEPS = 6
-
-
-def one_value_per_step(client: MlflowClient, run) -> dict[str, list[int]]:
-    """Every metric of `run` -> its steps, asserting none holds two values at one step."""
-    steps = {}
-    for key in run.data.metrics:
-        steps[key] = sorted(m.step for m in client.get_metric_history(run.info.run_id, key))
-        assert len(steps[key]) == len(set(steps[key])), (run.info.run_name, key, steps[key])
-    return steps
 
 
 @pytest.mark.ray

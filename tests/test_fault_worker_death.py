@@ -18,9 +18,11 @@ import json
 from pathlib import Path
 
 import pytest
+from mlflow import MlflowClient
 
 from rayjobs import train
 from tests.fault_injection import FaultInjectionCallback
+from tests.test_fault_driver_death import one_value_per_step
 from trainer.checkpoints import CHECKPOINT_COMPLETE
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,8 +59,9 @@ def uninterrupted(tiny, tmp_path_factory) -> Path:
     return out
 
 
-def run_killed(tiny, tmp_path: Path, **overrides) -> tuple[Path, list[int], object]:
-    """2 Ray workers, `max_failures: 1`; rank 1 SIGKILLs itself after step KILL_STEP, first attempt only."""
+def run_killed(tiny, tmp_path: Path, tracking: dict | None = None, **overrides) -> tuple[Path, list[int], object]:
+    """2 Ray workers, `max_failures: 1`; rank 1 SIGKILLs itself after step KILL_STEP, first attempt only.
+    `tracking`: the MLflow callback's arguments (`make_torch_trainer`), or None."""
     out, faults = tmp_path / "killed", tmp_path / "faults"
     faults.mkdir()
     marker, events = faults / "killed.pid", faults / "steps.txt"
@@ -66,7 +69,7 @@ def run_killed(tiny, tmp_path: Path, **overrides) -> tuple[Path, list[int], obje
         config(tiny, out, per_device_train_batch_size=2, **overrides,
                ray={"num_workers": 2, "max_failures": 1, "storage_path": str(tmp_path / "ray_results")})
     )
-    trainer = train.make_torch_trainer(cfg, name="worker-death")
+    trainer = train.make_torch_trainer(cfg, name="worker-death", tracking=tracking)
     trainer.train_loop_config["loop"].callbacks.append(
         functools.partial(FaultInjectionCallback, kill_step=KILL_STEP, kill_rank=1, marker=str(marker),
                           events=str(events)))
@@ -102,9 +105,22 @@ def check_resumed(out: Path, steps: list[int], result, reference: Path, label: s
 
 
 def test_worker_killed_after_checkpoint_resumes_and_matches_uninterrupted(local_ray, tiny, uninterrupted, tmp_path):
-    out, steps, result = run_killed(tiny, tmp_path)
+    """Also tracked in MLflow: the restarted group re-runs steps 4-5 (step 4 was logged before the kill), and
+    the run's history still holds one value per metric and step, each the uninterrupted run's."""
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking = {"tracking_uri": store, "experiment_id": None, "experiment_name": "worker-death",
+                "run_name": "worker-death"}
+    out, steps, result = run_killed(tiny, tmp_path, tracking=tracking)
     assert (out / f"checkpoint-{SAVE_STEPS}" / "optimizer.pt").is_file()
     check_resumed(out, steps, result, uninterrupted, "DDP")
+
+    client = MlflowClient(store)
+    [run] = client.search_runs([client.get_experiment_by_name("worker-death").experiment_id])
+    history = one_value_per_step(client, run)
+    assert history["loss"] == history["learning_rate"] == list(range(1, MAX_STEPS + 1))
+    logged = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "loss")}
+    assert [logged[e["step"]] for e in train_logs(uninterrupted)] == pytest.approx(
+        [e["loss"] for e in train_logs(uninterrupted)], abs=1e-4)
 
 
 def test_deepspeed_zero2_worker_killed_resumes_weights_only(local_ray, tiny, uninterrupted, tmp_path):

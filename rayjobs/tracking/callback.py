@@ -58,7 +58,8 @@ class MlflowLoggingCallback(TrainerCallback):
     resolve one). `on_log` spools every finite number at `state.global_step`, once per key and step (below);
 `finalize_run`, called after
     the trainer wrote its files, spools plots, config, state and the end of the run and waits up to
-    `flush_timeout_s` for a failing store. The object is picklable before, during and after (the client,
+    `flush_timeout_s` for a failing store. `invocation`: the Ray Train `fit()` this worker belongs to; a
+    later attempt of it reopens a spool an earlier one ended FAILED (`rayjobs.tracking.spool_file`). The object is picklable before, during and after (the client,
     the spool and its thread are not pickled).
 
     One value per metric and step, the first one logged: MLflow cannot delete a point, so a step logged
@@ -83,6 +84,7 @@ class MlflowLoggingCallback(TrainerCallback):
         log_model: bool = False,
         experiment_name: str | None = None,
         flush_timeout_s: float | None = None,
+        invocation: str | None = None,
     ):
         from rayjobs.tracking import spool as mlflow_spool
 
@@ -96,6 +98,7 @@ class MlflowLoggingCallback(TrainerCallback):
         self.tags = dict(tags or {})
         self.log_model = log_model
         self.flush_timeout_s = mlflow_spool.FLUSH_TIMEOUT_S if flush_timeout_s is None else flush_timeout_s
+        self.invocation = invocation  # the Ray Train `fit()` this attempt belongs to (`rayjobs.worker`)
         self._client: MlflowClient | None = None  # the driver's, after ensure_run()
         self._spool = None  # rank 0, from on_train_begin to finalize_run
         self._sender = None
@@ -172,6 +175,7 @@ class MlflowLoggingCallback(TrainerCallback):
             "run_id": self.run_id,
             "params": flatten_params(self.config),
             "tags": self._run_tags(),
+            "invocation": self.invocation,
         }
         self._spool = spool = spool_file.Spool.open(Path(args.output_dir), header)
         self._last_timestamp = spool.state.last_timestamp

@@ -72,8 +72,12 @@ class SpoolState:
     def unsent(self) -> list[dict]:
         return [item for item in self.items if item["seq"] > self.sent_upto]
 
-    def ended(self) -> bool:
-        return any(item["op"] == "end" for item in self.items)
+    def ended(self) -> str | None:
+        """The status the run was ended with since its last open, or None."""
+        for item in reversed(self.items):
+            if item["op"] in ("end", "open"):
+                return item.get("status") if item["op"] == "end" else None
+        return None
 
 
 def _identity(header: dict) -> tuple:
@@ -93,8 +97,10 @@ class Spool:
 
     @classmethod
     def open(cls, output_dir: Path, header: dict) -> Spool:
-        """The spool of `output_dir`, resumed when it belongs to the same run and that run has not ended;
-        otherwise a fresh one (an old spool with unsent items is moved aside for `mlflow-sync`)."""
+        """The spool of `output_dir`, resumed when it belongs to the same run and that run has not ended, or
+        ended FAILED in an earlier attempt of the same `fit()` (header `invocation`: a worker group Ray Train
+        restarted, or a trial `--resume` continued, whose rank 0 ended the run as its peers died); otherwise a
+        fresh one (an old spool with unsent items is moved aside for `mlflow-sync`)."""
         output_dir = Path(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
         path = output_dir / SPOOL_NAME
@@ -102,7 +108,8 @@ class Spool:
         given = header.get("run_id")
         same = (
             state.items
-            and not state.ended()
+            and (not state.ended() or (state.ended() == "FAILED" and header.get("invocation") is not None
+                                       and header.get("invocation") == state.header.get("invocation")))
             and _identity(state.header) == _identity(header)
             and (given is None or given == (state.header.get("run_id") or state.run_id))
         )
