@@ -57,15 +57,17 @@ def training_config(model: Path, data: Path, out: Path, **overrides):
 
 
 def expected_points(output_dir: Path) -> collections.Counter:
-    """(key, step, value) of every number the trainer logged, from its own `trainer_state.json`."""
+    """(key, step, value) of every number the trainer logged, from its own `trainer_state.json`: the first
+    value of each key at each step (MLflow gets one value per key and step, rayjobs.tracking.callback; the
+    train and eval logs of one step both carry `epoch`)."""
     state = json.loads((output_dir / "trainer_state.json").read_text())
-    points = collections.Counter()
+    first: dict[tuple[str, int], float] = {}
     for entry in state["log_history"]:
         for key, value in entry.items():
             if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
                 if math.isfinite(value):
-                    points[(key, entry["step"], float(value))] += 1
-    return points
+                    first.setdefault((key, entry["step"]), float(value))
+    return collections.Counter((key, step, value) for (key, step), value in first.items())
 
 
 def server_points(client: MlflowClient, run_id: str) -> collections.Counter:
