@@ -43,7 +43,8 @@ def tracked_run(tiny, reward_model_dir, tmp_path_factory):
         mp.chdir(root)
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
         mp.setenv("MLFLOW_EXPERIMENT_NAME", "trial-outputs")
-        mp.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
+        # a sample every 0.1 s: a 2-step run on a quiet machine ends within the first second
+        mp.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.1")
         config = {
             "model_name_or_path": str(tiny["model"]), "stage": "dpo", "do_train": True, "finetuning_type": "full",
             "dataset": "pairs", "dataset_dir": str(tiny["data"]), "template": "default", "cutoff_len": 128,
