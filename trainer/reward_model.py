@@ -23,6 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from trainer.errors import ConfigError
+from trainer.seeded_steps import run_seeded_steps
 
 DEFAULT_STEPS = 100
 DEFAULT_BATCH_PAIRS = 4
@@ -108,26 +109,16 @@ def preference_pairs(dataset: str, dataset_dir: str | Path, tokenizer, *, templa
 def train_bradley_terry(model: nn.Module, tokenizer, pairs: list[tuple[str, str]], *, steps: int = DEFAULT_STEPS,
                         batch_pairs: int = DEFAULT_BATCH_PAIRS, lr: float = DEFAULT_LR, seed: int = 0) -> list[float]:
     """AdamW on the Bradley-Terry loss over seeded batches of `pairs`, cosine-decayed; loss per step."""
-    generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / max(1, steps))))
-    order: list[int] = []
-    losses = []
-    model.train()
-    for _ in range(steps):
-        if len(order) < batch_pairs:
-            order += torch.randperm(len(pairs), generator=generator).tolist()
-        index, order = order[:batch_pairs], order[batch_pairs:]
+
+    def loss_of(index: list[int]) -> torch.Tensor:
         values = rewards(model, tokenizer, [pairs[i][0] for i in index] + [pairs[i][1] for i in index])
-        loss = bradley_terry_loss(*values.chunk(2))
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-    model.eval()
-    return losses
+        return bradley_terry_loss(*values.chunk(2))
+
+    return run_seeded_steps(model, optimizer, scheduler, steps=steps, n_items=len(pairs),
+                            batch_size=batch_pairs, seed=seed, loss_of=loss_of)
 
 
 def pair_accuracy(model: nn.Module, tokenizer, pairs: list[tuple[str, str]]) -> float:

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from trainer.logps import IGNORE_INDEX, sequence_logps
+from trainer.seeded_steps import run_seeded_steps
 
 DEFAULT_STEPS = 150
 DEFAULT_BATCH_SIZE = 8
@@ -108,7 +109,6 @@ def warm_up(
     """
     if steps <= 0:
         return []
-    generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     warmup = max(1, steps // 10)
 
@@ -118,23 +118,13 @@ def warm_up(
         return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    order: list[int] = []
-    losses = []
-    model.train()
-    for _ in range(steps):
-        if len(order) < batch_size:
-            order += torch.randperm(len(rows.input_ids), generator=generator).tolist()
-        index, order = order[:batch_size], order[batch_size:]
+
+    def loss_of(index: list[int]) -> Tensor:
         ids, mask, _ = _batch(rows, index, pad_id)
-        targets = ids.masked_fill(mask == 0, IGNORE_INDEX)
-        loss = model(input_ids=ids, attention_mask=mask, labels=targets).loss
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-    model.eval()
-    return losses
+        return model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, IGNORE_INDEX)).loss
+
+    return run_seeded_steps(model, optimizer, scheduler, steps=steps, n_items=len(rows.input_ids),
+                            batch_size=batch_size, seed=seed, loss_of=loss_of)
 
 
 def warm_up_model_dir(
