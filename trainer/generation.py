@@ -53,6 +53,8 @@ class GenerationRow:
     reference_tokens: int
     policy_reward: float | None = None
     reference_reward: float | None = None
+    step: int | None = None
+    """Training step the policy answered at (`trainer.generation_log`); the table's first column when set."""
 
 
 def eval_prompts(eval_dataset, n: int) -> list[list[int]]:
@@ -132,9 +134,11 @@ def win_rate(policy_scores: list[float], reference_scores: list[float]) -> float
 
 
 def as_table(rows: list[GenerationRow]) -> dict[str, list]:
-    """Column name -> values, the shape `mlflow.log_table` takes; reward columns only when scored."""
+    """Column name -> values, the shape `mlflow.log_table` takes; reward and step columns only when set."""
     records = [asdict(r) for r in rows]
-    columns = [k for k in records[0] if not (k.endswith("_reward") and records[0][k] is None)] if records else []
+    optional = ("step", "policy_reward", "reference_reward")
+    columns = [k for k in records[0] if not (k in optional and records[0][k] is None)] if records else []
+    columns.sort(key=lambda k: k != "step")  # stable: step first, the rest in field order
     return {k: [rec[k] for rec in records] for k in columns}
 
 
@@ -154,9 +158,12 @@ def validate_generation_keys(cfg) -> None:
     # turns generation off for one run of a config that names a reward model
 
 
-def evaluate_generations(trainer, cfg, settings: SamplingSettings) -> tuple[list[GenerationRow], dict[str, float]]:
+def evaluate_generations(
+    trainer, cfg, settings: SamplingSettings, reference_out: list[list[int]] | None = None,
+) -> tuple[list[GenerationRow], dict[str, float], list[list[int]]]:
     """Policy and reference answers to the first `eval_generate` eval prompts, scored when
-    `eval_reward_model` is set; returns the rows and the metrics (`eval_generate/*`, `eval_reward/*`)."""
+    `eval_reward_model` is set; returns the rows, the metrics (`eval_generate/*`, `eval_reward/*`) and the
+    reference's token ids. `reference_out`: the reference's answers from an earlier call, reused as they are."""
     from trainer.models import compute_dtype, load_causal_lm
 
     ft = cfg.finetuning
@@ -170,8 +177,9 @@ def evaluate_generations(trainer, cfg, settings: SamplingSettings) -> tuple[list
         path = cfg.model.ref_model or cfg.model.model_name_or_path
         return load_causal_lm(path, cfg.model, compute_dtype(cfg.training)).to(device)
 
-    with reference_for_generation(trainer.reference, policy, load_start) as reference:
-        reference_out = sample(reference, prompts, tokenizer, settings)
+    if reference_out is None:
+        with reference_for_generation(trainer.reference, policy, load_start) as reference:
+            reference_out = sample(reference, prompts, tokenizer, settings)
     rows = [
         GenerationRow(
             index=i, prompt=tokenizer.decode(p, skip_special_tokens=False),
@@ -200,7 +208,7 @@ def evaluate_generations(trainer, cfg, settings: SamplingSettings) -> tuple[list
             "eval_reward/ref_mean": sum(reference_scores) / len(reference_scores),
             "eval_reward/win_rate_vs_ref": win_rate(policy_scores, reference_scores),
         })
-    return rows, metrics
+    return rows, metrics, reference_out
 
 
 def generations_record(rows: list[GenerationRow], metrics: dict[str, float], settings: SamplingSettings) -> dict:

@@ -18,6 +18,7 @@ from transformers import TrainerCallback, set_seed
 from trainer.atomic_write import write_atomic
 from trainer.config import REF_CACHE_NAME, RESOLVED_CONFIG_NAME, TrainConfig, resolve_resume
 from trainer.data import load_preference_data, make_collator
+from trainer.generation_log import GenerateAtEvalCallback, GenerationLog
 from trainer.losses import get_loss
 from trainer.models import build_reference, compute_dtype, load_policy, load_tokenizer
 from trainer.plotting import plot_curves
@@ -124,6 +125,9 @@ def run_training(cfg: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) ->
     if trainer.is_world_process_zero():
         write_atomic(output_dir / RESOLVED_CONFIG_NAME, cfg.to_yaml())
         write_atomic(output_dir / REF_CACHE_NAME, json.dumps(result.ref_cache, indent=2))
+    generations = GenerationLog(cfg)
+    if cfg.finetuning.eval_generate and cfg.finetuning.eval_generate_every_eval:
+        trainer.add_callback(GenerateAtEvalCallback(trainer, generations))
     if args.do_train:
         train_output = trainer.train(resume_from_checkpoint=resolve_resume(cfg))
         trainer.save_model()
@@ -141,7 +145,7 @@ def run_training(cfg: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) ->
         if args.do_train:
             save_state(trainer)  # the final evaluation joins log_history
     if cfg.finetuning.eval_generate and trainer.eval_dataset is not None:
-        generate_and_log(trainer, cfg, result)
+        generate_and_log(trainer, generations, result)
     result.log_history = list(trainer.state.log_history)
     result.reference_forwards = cache.reference_forwards + trainer.reference_forwards
     if trainer.is_world_process_zero():  # rank 0's count; through Ray Train this file is how it gets out
@@ -155,18 +159,12 @@ def run_training(cfg: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) ->
     return result
 
 
-def generate_and_log(trainer: PreferenceTrainer, cfg: TrainConfig, result: RunResult) -> None:
-    """Eval generations (`trainer.generation`): their metrics go through `trainer.log` (callbacks: Ray,
-    MLflow) into `generate_results.json`; rank 0 writes the rows to `generations.json` for the table."""
-    from trainer import generation
-
-    settings = generation.SamplingSettings(max_new_tokens=cfg.finetuning.eval_generate_max_new_tokens)
-    rows, metrics = generation.evaluate_generations(trainer, cfg, settings)
-    trainer.log(dict(metrics))
+def generate_and_log(trainer: PreferenceTrainer, generations: GenerationLog, result: RunResult) -> None:
+    """End-of-run eval generations (`trainer.generation_log`; skipped when the final evaluation already
+    generated at this step): metrics through `trainer.log` (callbacks: Ray, MLflow) and into
+    `generate_results.json`; rank 0 writes the rows to `generations.json` for the table."""
+    metrics, _ = generations.generate(trainer)
     save_metrics(trainer, "generate", metrics)
     result.metrics.update(metrics)
-    if trainer.is_world_process_zero():
-        record = generation.generations_record(rows, metrics, settings)
-        write_atomic(Path(trainer.args.output_dir) / generation.GENERATIONS_NAME, json.dumps(record, indent=1))
     if trainer.args.do_train:
         save_state(trainer)  # the generation metrics join log_history

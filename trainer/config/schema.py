@@ -142,7 +142,9 @@ class FinetuningArguments:
     ref_cache_dir: str | None = None
     """Root of the reference log-prob cache (a filesystem path); default <ray.storage_path>/ref_cache, else ~/.cache/prefsweep/ref_cache."""
     eval_generate: int = 0
-    """At the end of training, sample answers to the first N eval prompts from the policy and the reference (seeded, fixed settings; `trainer.generation`); 0: off."""
+    """At the end of training (at every evaluation with eval_generate_every_eval), sample answers to the first N eval prompts from the policy and the reference (seeded, fixed settings; `trainer.generation`); 0: off."""
+    eval_generate_every_eval: bool = False
+    """Also generate at every evaluation during training (metrics per eval step, a `step` column in the table), not only at the end."""
     eval_generate_max_new_tokens: int = 48
     """Most new tokens per generated answer."""
     eval_reward_model: str | None = None
