@@ -132,3 +132,33 @@ def test_leaderboard_shows_reward_accuracy_and_win_rate():
     csv_rows = leaderboard.to_csv(ranked, "eval_reward/mean").splitlines()
     assert csv_rows[0].endswith(",eval_rewards/accuracies,eval_reward/win_rate_vs_ref,run_id")
     assert csv_rows[2] == "2,t1,ipo,0.5,,0.0,0.7,0.8,0.75,0.25,"
+
+
+def test_mlflow_ui_shows_the_run_its_generation_table_and_the_registered_model(tracked_run, tmp_path):
+    """Headless Chromium over `mlflow server` on this store (`benchmarks/mlflow_ui_check.py`): the runs table
+    and the comparison page list the run with its judged reward (eval_reward/mean) as the store holds it, the generation
+    table renders every logged column and the first policy answer, and the registered model's pages show
+    version 1 and the run it came from."""
+    from benchmarks import mlflow_ui_check as ui
+
+    if ui.chromium_path() is None:
+        pytest.skip("no browser: needs Chromium (apt-get install chromium) and Playwright (pip install playwright)")
+    client, trial = tracked_run["client"], tracked_run["run"]
+    parent = client.create_run(trial.info.experiment_id, run_name="ui-sweep", tags={
+        "prefsweep.best_run_id": trial.info.run_id, "prefsweep.best_trial": "trial_a"})
+    best_model.register_best(parent.info.run_id, "ui-check", tracked_run["output_dir"].parent, tracked_run["uri"])
+    want = ui.expected_from_store(tracked_run["uri"], "trial-outputs", "ui-check", "eval_reward/mean")
+    assert list(want.trials) == [trial.info.run_id] and want.version == "1"
+    problems = ui.check(tracked_run["uri"], "trial-outputs", "ui-check", "eval_reward/mean",
+                        tmp_path / "shots", tmp_path)
+    assert problems == []
+
+
+def test_metric_text_is_the_ui_format():
+    """MLflow's `Utils.formatMetric` (JavaScript): Math.round(62.5) = 63, half up, where Python's round gives
+    62; 3 decimals below 10, 2 below 100, 1 above; no trailing zeros; exponent form below 1e-3."""
+    from benchmarks.mlflow_ui_check import metric_text
+
+    assert metric_text(0.0625) == "0.063" and metric_text(-0.0625) == "-0.062"
+    assert [metric_text(v) for v in (0.765625, 19.6449, 123.46, -40.0004, 0.5, 0.00015, 0.0)] == [
+        "0.766", "19.64", "123.5", "-40", "0.5", "1.500e-4", "0"]
