@@ -92,6 +92,7 @@ def test_data_is_a_dataset_input_and_system_metrics_are_on(tracked_run):
 
 def test_best_trial_model_is_registered_under_the_sweep_name(tracked_run, tmp_path):
     import mlflow.artifacts
+    import mlflow.pyfunc
 
     client, trial = tracked_run["client"], tracked_run["run"]
     parent = client.create_run(trial.info.experiment_id, run_name="sweep", tags={
@@ -109,6 +110,15 @@ def test_best_trial_model_is_registered_under_the_sweep_name(tracked_run, tmp_pa
         assert torch.equal(a, b), name
     assert AutoTokenizer.from_pretrained(path).encode("Human: hi") == AutoTokenizer.from_pretrained(
         tracked_run["output_dir"]).encode("Human: hi")
+    # the pyfunc flavor answers as the trained model does, greedily
+    tokenizer = AutoTokenizer.from_pretrained(tracked_run["output_dir"])
+    ids = torch.tensor([tokenizer.encode("Human: hi\nAssistant:")])
+    greedy = trained.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=5,
+                              eos_token_id=[tokenizer.eos_token_id, tokenizer.pad_token_id],
+                              pad_token_id=tokenizer.pad_token_id)
+    pyfunc = mlflow.pyfunc.load_model("models:/demo-test/1")
+    assert pyfunc.predict(["Human: hi\nAssistant:"], params={"max_new_tokens": 5}) == [
+        tokenizer.decode(greedy[0, ids.shape[1]:], skip_special_tokens=True)]
 
 
 def test_no_best_trial_registers_nothing(tracked_run, caplog):

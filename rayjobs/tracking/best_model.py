@@ -10,8 +10,9 @@ version. The files are Hugging Face's own (`config.json`, `model.safetensors` or
     path = mlflow.artifacts.download_artifacts("models:/<sweep name>/<version>")
     AutoModelForCausalLM.from_pretrained(path)        # or PeftModel.from_pretrained(base, path)
 
-loads it. (MLflow's transformers flavor cannot log a local checkpoint under transformers 5: its
-`build_flavor_config_from_local_checkpoint` fails, so no MLmodel flavor is written.)
+loads it, and so does `mlflow.pyfunc.load_model("models:/<sweep name>/<version>")` (greedy answers to
+prompts; `rayjobs.tracking.pyfunc_model`: MLflow's transformers flavor cannot log a local checkpoint
+under transformers 5, its `build_flavor_config_from_local_checkpoint` fails).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import logging
 import shutil
 import tempfile
 from pathlib import Path
+
+from rayjobs.tracking.pyfunc_model import add_pyfunc_flavor
 
 logger = logging.getLogger("prefsweep.mlflow")
 
@@ -61,6 +64,7 @@ def register_best(parent_run_id: str, registered_name: str, output_root: Path, t
     with tempfile.TemporaryDirectory(prefix="prefsweep-model-") as tmp:
         for f in files:
             shutil.copy2(f, tmp)
+        add_pyfunc_flavor(Path(tmp))
         client.log_model_artifacts(model.model_id, tmp)
     client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
     step = max((m.step for m in run.data._metric_objs), default=0)
