@@ -73,15 +73,20 @@ def build_trainer(cfg: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -
         data = load_preference_data(
             cfg.data, tokenizer, stage=cfg.finetuning.stage, seed=args.seed, do_train=args.do_train
         )
+    dtype = compute_dtype(cfg.training)
+    # One copy of the weights: a cache build whose reference is the starting policy runs the policy itself,
+    # so the policy loads first; a separate ref_model is built before the policy loads, never beside it.
+    policy = None if cfg.model.ref_model else load_policy(cfg.model, cfg.finetuning, dtype)
+    with args.main_process_first(desc="building the reference cache"):
         # precompute_ref always: the local main process builds the cache, the others then find it.
         cache, tables = prepare(
             cfg, data, tokenizer, seed=args.seed, build=cfg.finetuning.precompute_ref == "always",
-            device=args.device,
+            device=args.device, policy=policy,
         )
     if tables is not None:
         data = attach(data, tables, cache.key)
-    dtype = compute_dtype(cfg.training)
-    policy = load_policy(cfg.model, cfg.finetuning, dtype)
+    if policy is None:
+        policy = load_policy(cfg.model, cfg.finetuning, dtype)
     reference = build_reference(
         cfg.model, cfg.finetuning, policy, needs_reference=spec.needs_reference, dtype=dtype,
         cached=tables is not None, training=args.do_train,
