@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 
 import numpy as np
@@ -107,13 +108,16 @@ def test_build_restores_the_policy_mode(tiny_model, data_dir, tmp_path, mode):
     assert model is policy and policy.training == (mode == "train")
 
 
-def test_separate_ref_model_loads_before_the_policy(tiny_model, data_dir, tmp_path, spy):
-    """A `ref_model` is not the policy: it is loaded for the build and dropped before the policy loads."""
+def test_separate_ref_model_loads_before_the_policy(tiny_model, data_dir, tmp_path, spy, caplog):
+    """A `ref_model` is not the policy: it is loaded for the build and dropped before the policy loads.
+    A max_steps run that reads 2 of the 6 train pairs (1 step x batch 2) says the cache holds them all."""
     ref = tmp_path / "ref"
     shutil.copytree(tiny_model, ref)
     cfg = make_config(tiny_model, data_dir, tmp_path / "run", tmp_path / "cache", precompute_ref="always",
-                      ref_model=str(ref))
-    trainer, facts = build_trainer(cfg)
+                      ref_model=str(ref), max_steps=1)
+    with caplog.at_level(logging.INFO, logger="prefsweep"):
+        trainer, facts = build_trainer(cfg)
+    assert "reads at most 2 of the 6 train examples" in caplog.text
     assert facts["ref_cache"].status == "miss" and trainer.reference.kind == "cached"
     assert spy["loaded"] == [str(ref), str(tiny_model)]
     assert len(spy["built_with"]) == 1 and spy["built_with"][0] is not trainer.model

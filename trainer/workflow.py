@@ -85,6 +85,7 @@ def build_trainer(cfg: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -
         )
     if tables is not None:
         data = attach(data, tables, cache.key)
+        _say_unread_rows(cache, args, len(data.train) if data.train is not None else 0)
     if policy is None:
         policy = load_policy(cfg.model, cfg.finetuning, dtype)
     reference = build_reference(
@@ -112,6 +113,16 @@ def build_trainer(cfg: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -
         if cfg.finetuning.sync_ref_model else None,
     )
     return trainer, {"fingerprint": data.fingerprint, "skipped": dict(data.skipped), "ref_cache": cache}
+
+
+def _say_unread_rows(cache: CacheInfo, args, train_rows: int) -> None:
+    """A build that forwarded more train examples than a max_steps run reads says so. It builds them all on
+    purpose: the key names the data, not the run's share, so longer runs and the other trials of a sweep
+    (other max_steps, seeds) hit the same cache; a partial cache would need its rows in the key."""
+    reads = args.max_steps * args.train_batch_size * args.gradient_accumulation_steps * max(1, args.world_size)
+    if cache.status == "miss" and 0 < reads < train_rows:
+        logger.info("reference cache: this run reads at most %d of the %d train examples it holds (max_steps %d); "
+                    "the rest serve longer runs and other trials", reads, train_rows, args.max_steps)
 
 
 def run_training(cfg: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> RunResult:
