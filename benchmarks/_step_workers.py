@@ -16,13 +16,16 @@ LF_VARIANTS = ("llamafactory", "llamafactory_default")
 CACHE_BUILD_IN_RUN = "prefsweep_cache_build"
 """`precompute_ref: always` on an empty cache root of its own: the run builds its cache (with the policy
 itself) and trains on it, as a single `prefsweep train` does; its loop is the cached loop."""
+CACHE_BUILD_IN_RUN_GC = "prefsweep_cache_build_gc"
+"""The same with `gradient_checkpointing: true`: the memory setting LLaMA-Factory runs by default."""
 
 
-def prefsweep_config(spec: dict, output_dir: str, precompute_ref: str, *, private_cache: bool = False) -> dict:
+def prefsweep_config(spec: dict, output_dir: str, precompute_ref: str, *, private_cache: bool = False,
+                     **overrides) -> dict:
     # A private cache root: the build is a real miss and the cached runs real hits.
     cache = str(Path(output_dir) / "ref_cache") if private_cache else spec["ref_cache_dir"]
     return {**spec["config"], "output_dir": output_dir, "use_ray": False, "precompute_ref": precompute_ref,
-            "ref_cache_dir": cache}
+            "ref_cache_dir": cache, **overrides}
 
 
 def profile_regions(variant: str) -> list[str]:
@@ -66,14 +69,15 @@ def step_meter(spec: dict):
     return make_step_meter(spec["device"], profile_after=spec["warmup"] if spec.get("profile") else None)
 
 
-def worker_prefsweep(spec: dict, output_dir: str, precompute_ref: str, *, private_cache: bool = False) -> dict:
+def worker_prefsweep(spec: dict, output_dir: str, precompute_ref: str, *, private_cache: bool = False,
+                     **overrides) -> dict:
     """`spec["whole_run"]`: the whole `run_training` (saves the model, state and metrics, as LLaMA-Factory's
     `run_exp` does), else `build_trainer` + `train()`."""
     from trainer.config import load_config
     from trainer.workflow import build_trainer, run_training
 
     meter = step_meter(spec)
-    cfg = load_config(prefsweep_config(spec, output_dir, precompute_ref, private_cache=private_cache))
+    cfg = load_config(prefsweep_config(spec, output_dir, precompute_ref, private_cache=private_cache, **overrides))
     if spec.get("whole_run"):
         result = run_training(cfg, [meter])
         cache = result.ref_cache
@@ -182,8 +186,9 @@ def run_worker(variant: str, spec_path: str, out_path: str) -> int:
             result = worker_prefsweep(spec, output_dir, "always")
             if result["ref_cache"]["status"] != "hit" or result["reference_forwards_in_training"]:
                 raise RuntimeError(f"the cached run did not read the prebuilt cache: {result['ref_cache']}")
-        elif variant == CACHE_BUILD_IN_RUN:
-            result = worker_prefsweep(spec, output_dir, "always", private_cache=True)
+        elif variant in (CACHE_BUILD_IN_RUN, CACHE_BUILD_IN_RUN_GC):
+            result = worker_prefsweep(spec, output_dir, "always", private_cache=True,
+                                      **({"gradient_checkpointing": True} if variant == CACHE_BUILD_IN_RUN_GC else {}))
             if result["ref_cache"]["status"] != "miss" or result["reference_forwards_in_training"]:
                 raise RuntimeError(f"the run did not build its own cache and train on it: {result['ref_cache']}")
         elif variant == "cache_build":
@@ -193,7 +198,7 @@ def run_worker(variant: str, spec_path: str, out_path: str) -> int:
         elif variant == "trl":
             result = worker_trl(spec, output_dir)
         else:
-            raise ValueError(f"unknown variant {variant!r}; one of {VARIANTS + (CACHE_BUILD_IN_RUN, 'cache_build')}")
+            raise ValueError(f"unknown variant {variant!r}; one of {VARIANTS + (CACHE_BUILD_IN_RUN, CACHE_BUILD_IN_RUN_GC, 'cache_build')}")
     if missing:
         result["profile_regions_missing"] = missing
     write_json(out_path, {"variant": variant, **result})
