@@ -13,12 +13,19 @@ from benchmarks._common import write_json
 
 VARIANTS = ("prefsweep", "prefsweep_cache", "llamafactory", "llamafactory_default", "trl")
 LF_VARIANTS = ("llamafactory", "llamafactory_default")
+CACHE_BUILD_IN_RUN = "prefsweep_cache_build"
+"""`precompute_ref: always` on an empty cache root of its own: the run builds its cache (with the policy
+itself) and trains on it, as a single `prefsweep train` does; its loop is the cached loop."""
+CACHE_BUILD_IN_RUN_GC = "prefsweep_cache_build_gc"
+"""The same with `gradient_checkpointing: true`: the memory setting LLaMA-Factory runs by default."""
 
 
-def prefsweep_config(spec: dict, output_dir: str, precompute_ref: str) -> dict:
+def prefsweep_config(spec: dict, output_dir: str, precompute_ref: str, *, private_cache: bool = False,
+                     **overrides) -> dict:
     # A private cache root: the build is a real miss and the cached runs real hits.
+    cache = str(Path(output_dir) / "ref_cache") if private_cache else spec["ref_cache_dir"]
     return {**spec["config"], "output_dir": output_dir, "use_ray": False, "precompute_ref": precompute_ref,
-            "ref_cache_dir": spec["ref_cache_dir"]}
+            "ref_cache_dir": cache, **overrides}
 
 
 def profile_regions(variant: str) -> list[str]:
@@ -62,16 +69,25 @@ def step_meter(spec: dict):
     return make_step_meter(spec["device"], profile_after=spec["warmup"] if spec.get("profile") else None)
 
 
-def worker_prefsweep(spec: dict, output_dir: str, precompute_ref: str) -> dict:
+def worker_prefsweep(spec: dict, output_dir: str, precompute_ref: str, *, private_cache: bool = False,
+                     **overrides) -> dict:
+    """`spec["whole_run"]`: the whole `run_training` (saves the model, state and metrics, as LLaMA-Factory's
+    `run_exp` does), else `build_trainer` + `train()`."""
     from trainer.config import load_config
-    from trainer.workflow import build_trainer
+    from trainer.workflow import build_trainer, run_training
 
     meter = step_meter(spec)
-    cfg = load_config(prefsweep_config(spec, output_dir, precompute_ref))
-    trainer, facts = build_trainer(cfg, [meter])
-    trainer.train()
-    return {**meter.summary(spec["warmup"]), "reference_forwards_in_training": trainer.reference_forwards,
-            "ref_cache": {"status": facts["ref_cache"].status, "reason": facts["ref_cache"].reason}}
+    cfg = load_config(prefsweep_config(spec, output_dir, precompute_ref, private_cache=private_cache, **overrides))
+    if spec.get("whole_run"):
+        result = run_training(cfg, [meter])
+        cache = result.ref_cache
+        in_training = result.reference_forwards - (cache.get("reference_forwards") or 0)
+    else:
+        trainer, facts = build_trainer(cfg, [meter])
+        trainer.train()
+        cache, in_training = facts["ref_cache"].as_dict(), trainer.reference_forwards
+    return {**meter.summary(spec["warmup"]), "reference_forwards_in_training": in_training,
+            "ref_cache": {k: cache.get(k) for k in ("status", "reason", "build_seconds", "reference_forwards")}}
 
 
 def worker_cache_build(spec: dict, output_dir: str) -> dict:
@@ -114,6 +130,14 @@ def worker_trl(spec: dict, output_dir: str) -> dict:
     cfg = spec["config"]
     rows = json.loads(Path(spec["pairs_file"]).read_text())
     tokenizer = AutoTokenizer.from_pretrained(cfg["model_name_or_path"])
+    peft_config = None
+    if cfg.get("finetuning_type") == "lora":  # LLaMA-Factory's `lora_target: all` = every linear but the head
+        from peft import LoraConfig
+
+        if cfg.get("lora_target") != "all":
+            raise ValueError("the TRL peer maps only lora_target: all (peft's all-linear)")
+        peft_config = LoraConfig(r=cfg["lora_rank"], lora_alpha=cfg.get("lora_alpha") or 2 * cfg["lora_rank"],
+                                 lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
     dtype = torch.bfloat16 if spec["device"] == "cuda" else torch.float32
     args = DPOConfig(
         output_dir=output_dir,
@@ -142,8 +166,11 @@ def worker_trl(spec: dict, output_dir: str) -> dict:
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
         callbacks=[meter],
+        peft_config=peft_config,
     )
     trainer.train()
+    if spec.get("whole_run"):
+        trainer.save_model()
     return meter.summary(spec["warmup"])
 
 
@@ -159,6 +186,11 @@ def run_worker(variant: str, spec_path: str, out_path: str) -> int:
             result = worker_prefsweep(spec, output_dir, "always")
             if result["ref_cache"]["status"] != "hit" or result["reference_forwards_in_training"]:
                 raise RuntimeError(f"the cached run did not read the prebuilt cache: {result['ref_cache']}")
+        elif variant in (CACHE_BUILD_IN_RUN, CACHE_BUILD_IN_RUN_GC):
+            result = worker_prefsweep(spec, output_dir, "always", private_cache=True,
+                                      **({"gradient_checkpointing": True} if variant == CACHE_BUILD_IN_RUN_GC else {}))
+            if result["ref_cache"]["status"] != "miss" or result["reference_forwards_in_training"]:
+                raise RuntimeError(f"the run did not build its own cache and train on it: {result['ref_cache']}")
         elif variant == "cache_build":
             result = worker_cache_build(spec, output_dir)
         elif variant in LF_VARIANTS:
@@ -166,7 +198,7 @@ def run_worker(variant: str, spec_path: str, out_path: str) -> int:
         elif variant == "trl":
             result = worker_trl(spec, output_dir)
         else:
-            raise ValueError(f"unknown variant {variant!r}; one of {VARIANTS + ('cache_build',)}")
+            raise ValueError(f"unknown variant {variant!r}; one of {VARIANTS + (CACHE_BUILD_IN_RUN, CACHE_BUILD_IN_RUN_GC, 'cache_build')}")
     if missing:
         result["profile_regions_missing"] = missing
     write_json(out_path, {"variant": variant, **result})

@@ -188,6 +188,8 @@ def build_tiny_model(
     num_attention_heads: int = 4,
     num_key_value_heads: int = 2,
     max_position_embeddings: int = 2048,
+    tie_word_embeddings: bool = False,
+    rope_theta: float = 10000.0,
 ) -> Path:
     """Write a random-weight float32 LlamaForCausalLM and its tokenizer to `out_dir`; return `out_dir`.
 
@@ -210,7 +212,8 @@ def build_tiny_model(
         num_attention_heads=num_attention_heads,
         num_key_value_heads=num_key_value_heads,
         max_position_embeddings=max_position_embeddings,
-        tie_word_embeddings=False,
+        tie_word_embeddings=tie_word_embeddings,
+        rope_theta=rope_theta,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,

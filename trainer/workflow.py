@@ -74,15 +74,21 @@ def build_trainer(cfg: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -
         data = load_preference_data(
             cfg.data, tokenizer, stage=cfg.finetuning.stage, seed=args.seed, do_train=args.do_train
         )
+    dtype = compute_dtype(cfg.training)
+    # One copy of the weights: a cache build whose reference is the starting policy runs the policy itself,
+    # so the policy loads first; a separate ref_model is built before the policy loads, never beside it.
+    policy = None if cfg.model.ref_model else load_policy(cfg.model, cfg.finetuning, dtype)
+    with args.main_process_first(desc="building the reference cache"):
         # precompute_ref always: the local main process builds the cache, the others then find it.
         cache, tables = prepare(
             cfg, data, tokenizer, seed=args.seed, build=cfg.finetuning.precompute_ref == "always",
-            device=args.device,
+            device=args.device, policy=policy,
         )
     if tables is not None:
         data = attach(data, tables, cache.key)
-    dtype = compute_dtype(cfg.training)
-    policy = load_policy(cfg.model, cfg.finetuning, dtype)
+        _say_unread_rows(cache, args, len(data.train) if data.train is not None else 0)
+    if policy is None:
+        policy = load_policy(cfg.model, cfg.finetuning, dtype)
     reference = build_reference(
         cfg.model, cfg.finetuning, policy, needs_reference=spec.needs_reference, dtype=dtype,
         cached=tables is not None, training=args.do_train,
@@ -108,6 +114,16 @@ def build_trainer(cfg: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -
         if cfg.finetuning.sync_ref_model else None,
     )
     return trainer, {"fingerprint": data.fingerprint, "skipped": dict(data.skipped), "ref_cache": cache}
+
+
+def _say_unread_rows(cache: CacheInfo, args, train_rows: int) -> None:
+    """A build that forwarded more train examples than a max_steps run reads says so. It builds them all on
+    purpose: the key names the data, not the run's share, so longer runs and the other trials of a sweep
+    (other max_steps, seeds) hit the same cache; a partial cache would need its rows in the key."""
+    reads = args.max_steps * args.train_batch_size * args.gradient_accumulation_steps * max(1, args.world_size)
+    if cache.status == "miss" and 0 < reads < train_rows:
+        logger.info("reference cache: this run reads at most %d of the %d train examples it holds (max_steps %d); "
+                    "the rest serve longer runs and other trials", reads, train_rows, args.max_steps)
 
 
 def run_training(cfg: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> RunResult:

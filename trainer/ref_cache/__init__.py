@@ -30,9 +30,11 @@ sweep driver calls `ensure_reference_cache(cfg)` once per distinct key before it
 `auto` trials all hit; a single `auto` run costs at most a key computation (nothing when the cache root is
 empty). Reference-free losses (orpo, simpo) never touch the cache.
 
-Cached log-probs come from a reference loaded on its own in the weights dtype, in eval mode, without
-autocast -- as the frozen copy runs in the trainer -- through the trainer's own forward
-(`response_logps`) and collator.
+Cached log-probs come from the reference in the weights dtype, in eval mode, without autocast -- as the
+frozen copy runs in the trainer -- through the trainer's own forward (`response_logps`) and collator. In a
+training process whose reference is the starting policy (no `ref_model`) that reference is the freshly
+loaded policy itself (LoRA: adapters disabled; full: the initial weights), so the process holds one copy
+of the weights; the sweep driver and a separate `ref_model` load it on their own.
 """
 
 from trainer.ref_cache.build import (

@@ -95,18 +95,52 @@ def _rng_untouched():
             np.random.set_state(np_state)
 
 
+@contextlib.contextmanager
+def _build_reference(cfg: TrainConfig, policy: torch.nn.Module | None, device: torch.device):
+    """The model whose forward gives the cached reference log-probs, on `device`.
+
+    The starting policy itself when there is no `ref_model` and the caller passes it (a training process:
+    one copy of the weights, not two): LoRA with its adapters disabled (the base), full/freeze as loaded
+    (the initial weights, before any optimizer step); the same weights and forward a freshly loaded copy
+    would run, so the same numbers. Its train/eval mode and device are restored afterwards. Otherwise
+    (`ref_model`, the sweep driver's build, ZeRO-3-partitioned weights that only their engine can run)
+    the reference is loaded on its own and dropped after the build.
+    """
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    from trainer.models import Reference, compute_dtype, load_causal_lm
+
+    if policy is not None and not cfg.model.ref_model and not is_deepspeed_zero3_enabled():
+        was_training, home = policy.training, next(policy.parameters()).device
+        kind = "adapters_off" if cfg.finetuning.finetuning_type == "lora" else "self"
+        try:
+            with Reference(kind).forward_model(policy.to(device)) as model:
+                yield model
+        finally:
+            policy.to(home).train(was_training)
+        return
+    ref_name = cfg.model.ref_model or cfg.model.model_name_or_path
+    model = load_causal_lm(ref_name, cfg.model, compute_dtype(cfg.training)).to(device)
+    try:
+        yield model
+    finally:
+        del model
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def prepare(
     cfg: TrainConfig, data: PreferenceData, tokenizer: Any, *, seed: int, build: bool,
-    device: torch.device | str | None = None,
+    device: torch.device | str | None = None, policy: torch.nn.Module | None = None,
 ) -> tuple[CacheInfo, dict[str, pa.Table] | None]:
     """Find (and with `build`, make) the reference cache of `cfg` and `data`: (info, tables or None).
 
     `build` False reads only an existing valid cache (precompute_ref auto). Never touches the cache for
-    reference-free losses or precompute_ref never.
+    reference-free losses or precompute_ref never. `policy`: the freshly loaded policy, before any optimizer
+    step; when the reference is the starting policy (no `ref_model`) the build runs it (`_build_reference`)
+    instead of loading a second copy of the weights.
     """
     off = off_reason(cfg)
     if off:
@@ -135,15 +169,13 @@ def prepare(
         return CacheInfo(key=key, path=path, rows=rows, reason=reason or "precompute_ref: auto and no cache "
                          "for this key"), None
 
-    from trainer.models import compute_dtype, load_causal_lm
-
     started = time.perf_counter()
     device = torch.device(device) if device is not None else default_device()
     ref_name = cfg.model.ref_model or cfg.model.model_name_or_path
     say("reference cache miss: computing reference log-probs of %s into %s", ref_name, path)
     batch_size = int(cfg.training.get("per_device_eval_batch_size") or 8)
-    with _rng_untouched():  # a cached run must initialise the policy (LoRA A matrices) as an uncached one
-        model = load_causal_lm(ref_name, cfg.model, compute_dtype(cfg.training)).to(device)
+    with _rng_untouched(), _build_reference(cfg, policy, device) as model:
+        # RNG untouched: a cached run must initialise the policy (LoRA A matrices) as an uncached one
         tables, forwards = reference_tables(
             model, data, tokenizer, stage=cfg.finetuning.stage, batch_size=batch_size, device=device,
             lean_head=cfg.finetuning.lean_head, chunk_size=cfg.finetuning.logps_chunk_size,
