@@ -173,6 +173,10 @@ class RayArguments:
     """Name of the Ray Train run of `prefsweep train` (default: the output dir's name); sweeps name trials."""
     init_kwargs: dict[str, Any] | None = None
     """Extra `ray.init` keywords (e.g. runtime_env, num_cpus for a local Ray); not `address` (use RAY_ADDRESS)."""
+    report_every_steps: int = 0
+    """Training logs go to Ray Train (`ray.train.report`, a barrier of every worker) at most every this many
+    optimizer steps; evaluations, checkpoints and the last step always. 0: about 8 per run (see
+    `rayjobs.worker.report_interval`). MLflow still gets every logged step."""
 
 
 @dataclass
