@@ -153,8 +153,9 @@ def run_loop(args, peer: str, model_dir: Path, run_dir: Path, rows_file: Path) -
 
 def write_trl_rows(args, model_dir: Path, scratch: Path) -> Path:
     """The sweep's pairs as TRL text rows: prefsweep's LLaMA-Factory-exact ids split at the prompt, decoded."""
-    from benchmarks.step_throughput import write_pairs
     from transformers import AutoTokenizer
+
+    from benchmarks.step_throughput import write_pairs
 
     ids_file = scratch / "pairs_ids.json"
     write_pairs({"config": base_config(args, model_dir, scratch / "tokenize")}, ids_file)

@@ -209,6 +209,8 @@ def run(source: str | Path | dict, overrides: list[str] = (), *, worker_logs: bo
             print(f"prefsweep: built the tiny reward model at {Path(spec.tiny_reward_model).resolve()} "
                   f"(`make tiny-reward-model`: it was not in {Path.cwd()})", flush=True)
     base_cfg = prepare_config(spec.base)
+    if "tokenized_cache" not in base_cfg.given:  # trials share one tokenization (trainer.data.token_cache)
+        base_cfg = with_overrides(base_cfg, {"tokenized_cache": True})
 
     from ray import tune
 

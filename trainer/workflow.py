@@ -23,6 +23,7 @@ from trainer.models import build_reference, compute_dtype, load_policy, load_tok
 from trainer.plotting import plot_curves
 from trainer.preference_trainer import PreferenceTrainer, loss_kwargs
 from trainer.ref_cache import CacheInfo, attach, prepare
+from trainer.ref_cache.key import token_cache_root
 
 logger = logging.getLogger("prefsweep")
 # REF_CACHE_NAME holds the CacheInfo of the run plus its MLflow tags, for the tracking side; rewritten at
@@ -71,7 +72,8 @@ def build_trainer(cfg: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -
     tokenizer = load_tokenizer(cfg.model)
     with args.main_process_first(desc="tokenizing the preference data"):
         data = load_preference_data(
-            cfg.data, tokenizer, stage=cfg.finetuning.stage, seed=args.seed, do_train=args.do_train
+            cfg.data, tokenizer, stage=cfg.finetuning.stage, seed=args.seed, do_train=args.do_train,
+            token_cache=token_cache_root(cfg),
         )
         # precompute_ref always: the local main process builds the cache, the others then find it.
         cache, tables = prepare(

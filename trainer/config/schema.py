@@ -69,6 +69,10 @@ class DataArguments:
     """Replaces the template's default system prompt."""
     tokenized_path: str | None = None
     """Folder of the tokenized dataset: saved there when absent, loaded from it when present."""
+    tokenized_cache: bool = False
+    """Tokenize once for every run with the same data, tokenizer, template, cutoff_len and stage: the tokenized
+    sets are kept under `<reference cache root>/tokenized/` (`trainer.data.token_cache`). A sweep turns it on
+    for its trials unless the base config says otherwise; `tokenized_path` takes precedence."""
     mix_strategy: Literal["concat", "interleave_under", "interleave_over"] = "concat"
     """How several datasets merge: concatenated, or interleaved until the first (under) or last (over) runs out."""
     interleave_probs: str | list[float] | None = None
