@@ -114,8 +114,10 @@ def prepare_config(source: str | Path | dict, overrides: Sequence[str] | dict = 
 
 def train_fn_per_worker(loop_config: dict) -> None:
     """Ray Train's per-worker entry (`loop_config["loop"]`: a `TrainLoop`); see `rayjobs.worker.run_worker`."""
+    from trainer.phases import mark
     from trainer.unused_imports import skip_unused_deepspeed
 
+    mark("worker_start")
     skip_unused_deepspeed(loop_config["loop"].config)  # a worker process runs this one config
     from rayjobs.worker import run_worker
 
@@ -220,6 +222,9 @@ def run(source: str | Path | dict, overrides: Sequence[str] = (), *, log_model: 
     """Train one run (through Ray Train unless `use_ray: false`); return its final metrics.
     `own_process`: this process exists for this run (the CLI), so packages it does not use may be kept out."""
     cfg = prepare_config(source, overrides)
+    from trainer.phases import mark
+
+    mark("config_parsed")
     run_name = cfg.ray.run_name or cfg.output_dir.name
     if cfg.use_ray:
         from rayjobs.local_ray import ensure_ray

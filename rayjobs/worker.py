@@ -70,9 +70,15 @@ class RayReportCallback(TrainerCallback):
         self.evaluations = 0
         self.reported_step = 0
 
-    def due(self, state, numbers: dict[str, float]) -> bool:
-        """Whether this log is reported: an evaluation, the last step, or `report_interval` steps since the last report."""
-        if any(k.startswith("eval_") for k in numbers) or state.global_step >= state.max_steps:
+    def due(self, state, numbers: dict[str, float], evaluation_follows: bool = False) -> bool:
+        """Whether this log is reported: an evaluation, the last step, or `report_interval` steps since the
+        last report, unless an evaluation at this step follows (`control.should_evaluate`), whose report
+        carries this log's values too."""
+        if any(k.startswith("eval_") for k in numbers):
+            return True
+        if evaluation_follows:
+            return False
+        if state.global_step >= state.max_steps:
             return True
         interval = report_interval(self.every, state.max_steps, state.logging_steps)
         return state.global_step - self.reported_step >= interval
@@ -96,7 +102,7 @@ class RayReportCallback(TrainerCallback):
         if any(k.startswith("eval_") for k in numbers):
             self.evaluations += 1
         self.latest.update(numbers)
-        if self.due(state, numbers):
+        if self.due(state, numbers, evaluation_follows=bool(control.should_evaluate)):
             ray.train.report(self._report(state))
             self.reported_step = state.global_step
 
