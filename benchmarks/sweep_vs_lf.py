@@ -34,6 +34,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import yaml
@@ -98,7 +99,8 @@ def run_prefsweep(args, model_dir: Path, run_dir: Path, round_: int) -> dict:
     spec_path = run_dir / "sweep.yaml"
     spec_path.write_text(yaml.safe_dump(sweep_spec(args, model_dir, run_dir, name), sort_keys=False))
     env = {**base_env(), "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": f"sqlite:///{run_dir / 'mlflow.db'}",
-           "MLFLOW_EXPERIMENT_NAME": "sweep_vs_lf", "PREFSWEEP_PHASES": "1"}
+           "MLFLOW_EXPERIMENT_NAME": "sweep_vs_lf", "PREFSWEEP_PHASES": str(run_dir / "marks.txt")}
+    t0 = time.time()
     run = launch([sys.executable, "-m", "rayjobs.sweep", str(spec_path)], cwd=run_dir, env=env,
                  timeout=args.run_timeout, log_path=run_dir / "driver.log")
     check_launched(run, f"prefsweep sweep round {round_}", run_dir / "driver.log")
@@ -108,7 +110,29 @@ def run_prefsweep(args, model_dir: Path, run_dir: Path, round_: int) -> dict:
         total = record.get("tune_time_total_s")
         record["outside_loop_s"] = total - loop if loop is not None and total is not None else None
     return {"wall_seconds": out["wall_seconds"], "load_average_1min_before": out["load_average_1min_before"],
-            "before_first_trial_s": out["timeline"]["first_trial_started"], **out}
+            "before_first_trial_s": out["timeline"]["first_trial_started"],
+            "phases": marks_by_process(run_dir / "marks.txt", t0), **out}
+
+
+WORKER_PHASES = ("worker_start", "tokenizer_loaded", "data_ready", "model_loaded", "first_step_begin", "train_end",
+                 "saved", "run_end")
+
+
+def marks_by_process(path: Path, t0: float) -> dict:
+    """`trainer.phases` marks: the driver's (seconds since its start) and each Ray Train worker's phases
+    (seconds from one mark to the next, from `worker_start` on)."""
+    processes: dict[str, dict[str, float]] = {}
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        name, when, pid = line.split()
+        processes.setdefault(pid, {}).setdefault(name, float(when) - t0)
+    driver = next((m for m in processes.values() if "sweep_ray_ready" in m), {})
+    workers = []
+    for marks in processes.values():
+        if "worker_start" in marks and all(k in marks for k in WORKER_PHASES):
+            times = [marks[k] for k in WORKER_PHASES]
+            workers.append({f"{a}->{b}": t2 - t1 for a, b, t1, t2 in
+                            zip(WORKER_PHASES, WORKER_PHASES[1:], times, times[1:])} | {"start": marks["worker_start"]})
+    return {"driver": driver, "workers": workers}
 
 
 def loop_run(args, peer: str, cmd: list[str], run_dir: Path, index: int, env: dict) -> dict:
@@ -182,7 +206,12 @@ def summarize(runs: dict[str, list[dict]]) -> dict:
             "trial_train_runtime_s": median([t["metrics"]["train_runtime"] for t in trial_records]),
             "trial_outside_loop_s": median([t["outside_loop_s"] for t in trial_records if t.get("outside_loop_s")]),
             "concurrent_trials": sweeps[0].get("concurrent_trials"),
+            "driver_marks": sweeps[0]["phases"]["driver"],
         }
+        workers = [w for r in sweeps for w in r["phases"]["workers"]]
+        if workers:
+            summary["prefsweep"]["worker_phases_median_s"] = {k: median([w[k] for w in workers])
+                                                              for k in workers[0] if k != "start"}
     for peer in ("llamafactory", "trl"):
         if peer in runs:
             each = [x for r in runs[peer] for x in r["runs"]]
@@ -205,6 +234,12 @@ def check(runs: dict[str, list[dict]], steps: int) -> list[str]:
     return problems
 
 
+def _rounded(value):
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    return round(value, 1) if isinstance(value, float) else value
+
+
 def print_summary(summary: dict, problems: list[str]) -> None:
     print("\nwall (median over rounds):", {k: round(v, 1) for k, v in summary["wall_seconds_median"].items()})
     for peer, ratio in summary.get("ratio_peer_over_prefsweep", {}).items():
@@ -212,8 +247,7 @@ def print_summary(summary: dict, problems: list[str]) -> None:
         print(f"  {peer} / prefsweep: {ratio['median']:.2f}x ({per_round})")
     for key in ("prefsweep", "llamafactory", "trl"):
         if key in summary:
-            print(f"  {key}: " + ", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}"
-                                           for k, v in summary[key].items()))
+            print(f"  {key}: " + ", ".join(f"{k} {_rounded(v)}" for k, v in summary[key].items()))
     if "llamafactory" in summary.get("ratio_peer_over_prefsweep", {}):
         met = summary["ratio_peer_over_prefsweep"]["llamafactory"]["median"] >= TARGET
         print(f"target LF loop / prefsweep >= {TARGET}x: {'met' if met else 'MISSED'}")
