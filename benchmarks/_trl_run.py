@@ -37,7 +37,7 @@ def main(argv: list[str]) -> int:
         learning_rate=cfg["learning_rate"],
         num_train_epochs=cfg["num_train_epochs"],
         lr_scheduler_type=cfg["lr_scheduler_type"],
-        warmup_ratio=cfg["warmup_ratio"],
+        warmup_steps=cfg["warmup_ratio"],  # transformers 5: a float < 1 is a ratio of the steps
         logging_steps=cfg["logging_steps"],
         save_strategy="no",
         report_to="none",
