@@ -37,12 +37,14 @@ import sys
 import time
 from pathlib import Path
 
+from rayjobs.background import in_background
 from rayjobs.sweep_interrupt import Interrupted, SweepInterrupts, exit_code, resume_command
 from rayjobs.sweep_state import previous_invocation, read_parent_run, write_parent_run
 from sweeps.spec import SweepSpec, load_sweep
 from sweeps.trials import trial_name, trial_overrides
 from trainer.config import TrainConfig, apply_overrides, with_overrides
 from trainer.errors import ConfigError
+from trainer.phases import mark
 
 logger = logging.getLogger("prefsweep")
 
@@ -209,6 +211,8 @@ def run(source: str | Path | dict, overrides: list[str] = (), *, worker_logs: bo
             print(f"prefsweep: built the tiny reward model at {Path(spec.tiny_reward_model).resolve()} "
                   f"(`make tiny-reward-model`: it was not in {Path.cwd()})", flush=True)
     base_cfg = prepare_config(spec.base)
+    if "tokenized_cache" not in base_cfg.given:  # trials share one tokenization (trainer.data.token_cache)
+        base_cfg = with_overrides(base_cfg, {"tokenized_cache": True})
 
     from ray import tune
 
@@ -230,8 +234,14 @@ def run(source: str | Path | dict, overrides: list[str] = (), *, worker_logs: bo
         flush=True,
     )
 
+    mark("sweep_ray_ready")
+    # The MLflow store's set-up (a new SQLite store runs its schema migrations: seconds) overlaps the cache
+    # build, which runs in a Ray task.
+    experiment = in_background(mlflow_store.ensure_experiment)
     cache_infos = build_reference_caches(spec, base_cfg) if spec.reference_cache else []
-    experiment_id = mlflow_store.ensure_experiment()
+    mark("sweep_cache_built")
+    experiment_id = experiment()
+    mark("sweep_mlflow_ready")
     previous = read_parent_run(exp_path) if resume else None
     if previous is not None and previous.get("tracking_uri") == mlflow_store.tracking_uri():
         from mlflow import MlflowClient
@@ -265,6 +275,7 @@ def run(source: str | Path | dict, overrides: list[str] = (), *, worker_logs: bo
     else:
         tuner = new_tuner(spec, trainable, base_cfg, storage, concurrency)
     interrupts = SweepInterrupts()
+    mark("sweep_tuner_fit")
     try:
         with interrupts:
             grid = tuner.fit()

@@ -114,6 +114,11 @@ def prepare_config(source: str | Path | dict, overrides: Sequence[str] | dict = 
 
 def train_fn_per_worker(loop_config: dict) -> None:
     """Ray Train's per-worker entry (`loop_config["loop"]`: a `TrainLoop`); see `rayjobs.worker.run_worker`."""
+    from trainer.phases import mark
+    from trainer.unused_imports import skip_unused_deepspeed
+
+    mark("worker_start")
+    skip_unused_deepspeed(loop_config["loop"].config)  # a worker process runs this one config
     from rayjobs.worker import run_worker
 
     run_worker(loop_config["loop"])
@@ -213,9 +218,13 @@ def tracking_args(*, run_name: str, experiment_id: str | None, parent_run_id: st
 
 
 def run(source: str | Path | dict, overrides: Sequence[str] = (), *, log_model: bool = False,
-        track: bool = True) -> dict[str, float]:
-    """Train one run (through Ray Train unless `use_ray: false`); return its final metrics."""
+        track: bool = True, own_process: bool = False) -> dict[str, float]:
+    """Train one run (through Ray Train unless `use_ray: false`); return its final metrics.
+    `own_process`: this process exists for this run (the CLI), so packages it does not use may be kept out."""
     cfg = prepare_config(source, overrides)
+    from trainer.phases import mark
+
+    mark("config_parsed")
     run_name = cfg.ray.run_name or cfg.output_dir.name
     if cfg.use_ray:
         from rayjobs.local_ray import ensure_ray
@@ -227,7 +236,7 @@ def run(source: str | Path | dict, overrides: Sequence[str] = (), *, log_model: 
 
         tracking = tracking_args(run_name=run_name, experiment_id=try_ensure_experiment(), log_model=log_model)
     if not cfg.use_ray:
-        metrics = _run_in_process(cfg, tracking)
+        metrics = _run_in_process(cfg, tracking, own_process=own_process)
     else:
         # tqdm_ray redraws its bar with every forwarded log line: only worth it on a terminal.
         trainer = make_torch_trainer(cfg, name=run_name, tracking=tracking, progress=sys.stdout.isatty())
@@ -237,7 +246,11 @@ def run(source: str | Path | dict, overrides: Sequence[str] = (), *, log_model: 
     return metrics
 
 
-def _run_in_process(cfg: TrainConfig, tracking: dict | None) -> dict[str, float]:
+def _run_in_process(cfg: TrainConfig, tracking: dict | None, *, own_process: bool = False) -> dict[str, float]:
+    if own_process:  # the CLI: this process runs this one config
+        from trainer.unused_imports import skip_unused_deepspeed
+
+        skip_unused_deepspeed(cfg)
     from trainer.workflow import run_training
 
     if cfg.training.get("bf16") and "use_cpu" not in cfg.given:
@@ -293,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-mlflow", action="store_true", help="do not record the run in MLflow")
     args = parser.parse_args(argv)
     try:
-        run(args.config, args.overrides, log_model=args.log_model, track=not args.no_mlflow)
+        run(args.config, args.overrides, log_model=args.log_model, track=not args.no_mlflow, own_process=True)
     except ConfigError as err:
         print(f"prefsweep train: {err}", file=sys.stderr)
         return 2

@@ -19,6 +19,18 @@ INVOCATION_FILE = "prefsweep_invocation.txt"
 """Written into each checkpoint reported to Ray: which `fit()` made it (see `_resume_checkpoint`)."""
 
 
+AUTO_REPORTS = 8
+"""`ray.report_every_steps: 0`: training logs are reported about this many times per run."""
+
+
+def report_interval(every: int, max_steps: int, logging_steps: float) -> int:
+    """Steps between two reports of training logs: `every` when set (> 0), else max_steps / AUTO_REPORTS,
+    never less than one logging interval (Hugging Face's `state.logging_steps`)."""
+    if every > 0:
+        return every
+    return max(1, math.ceil(logging_steps or 1), math.ceil(max_steps / AUTO_REPORTS))
+
+
 def _numbers(logs: dict[str, Any]) -> dict[str, float]:
     return {
         k: float(v)
@@ -36,8 +48,13 @@ class RayReportCallback(TrainerCallback):
     evaluations have run: ASHA's clock for eval metrics, so a rung is judged on a fresh evaluation,
     never on the training log that precedes it at the same step).
 
-    `ray.train.report` is a barrier: every rank calls it at every log (Hugging Face calls `on_log` on
-    all ranks with the same, already-reduced values); Ray keeps rank 0's metrics. On save, rank 0 also
+    `ray.train.report` is a barrier through Ray Train's synchronization actor (about 0.2 s a report on
+    2 cores), so training logs are reported in step-based batches: at most every `report_interval`
+    steps (the latest values of the logs in between; MLflow still gets every one), while evaluations,
+    checkpoints and the logs of the last step are always reported. The choice depends only on the step
+    and the logged keys, which every rank has alike (Hugging Face calls `on_log` on all ranks with the
+    same, already-reduced values), so every rank reports at the same logs; Ray keeps rank 0's metrics.
+    On save, rank 0 also
     hands the checkpoint to Ray (kept under `ray.storage_path`, pruned to `ray.num_to_keep`), so a
     restarted worker group (`ray.max_failures`) resumes from it.
 
@@ -45,11 +62,26 @@ class RayReportCallback(TrainerCallback):
     trial table shows the first reported keys, and Tune checks each result for the metric.
     """
 
-    def __init__(self, invocation: str = "", metric: str | None = None):
+    def __init__(self, invocation: str = "", metric: str | None = None, every: int = 0):
         self.invocation = invocation
         self.metric = metric
+        self.every = every
         self.latest: dict[str, float] = {}
         self.evaluations = 0
+        self.reported_step = 0
+
+    def due(self, state, numbers: dict[str, float], evaluation_follows: bool = False) -> bool:
+        """Whether this log is reported: an evaluation, the last step, or `report_interval` steps since the
+        last report, unless an evaluation at this step follows (`control.should_evaluate`), whose report
+        carries this log's values too."""
+        if any(k.startswith("eval_") for k in numbers):
+            return True
+        if evaluation_follows:
+            return False
+        if state.global_step >= state.max_steps:
+            return True
+        interval = report_interval(self.every, state.max_steps, state.logging_steps)
+        return state.global_step - self.reported_step >= interval
 
     def _report(self, state) -> dict[str, float]:
         report: dict[str, float] = {}
@@ -70,7 +102,9 @@ class RayReportCallback(TrainerCallback):
         if any(k.startswith("eval_") for k in numbers):
             self.evaluations += 1
         self.latest.update(numbers)
-        ray.train.report(self._report(state))
+        if self.due(state, numbers, evaluation_follows=bool(control.should_evaluate)):
+            ray.train.report(self._report(state))
+            self.reported_step = state.global_step
 
     def on_save(self, args, state, control, **kwargs):
         import ray.train
@@ -78,6 +112,7 @@ class RayReportCallback(TrainerCallback):
         from trainer.checkpoints import last_complete_checkpoint
 
         metrics = self._report(state)
+        self.reported_step = state.global_step
         # complete: PreferenceTrainer marks it after every rank wrote its files (on_save follows)
         source = last_complete_checkpoint(args.output_dir) if state.is_world_process_zero else None
         if source is None:
@@ -160,7 +195,7 @@ def run_worker(loop: TrainLoop) -> None:
 
         deepspeed.init_distributed(dist_backend="nccl" if cfg.ray.use_gpu else "gloo")
     rank = ray.train.get_context().get_world_rank()
-    callbacks: list[TrainerCallback] = [RayReportCallback(loop.invocation, loop.metric)]
+    callbacks: list[TrainerCallback] = [RayReportCallback(loop.invocation, loop.metric, cfg.ray.report_every_steps)]
     callbacks += [callback for make in loop.callbacks if (callback := make(rank)) is not None]
     if loop.progress and rank == 0:
         callbacks.append(RayProgressCallback(loop.name or cfg.output_dir.name))

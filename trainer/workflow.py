@@ -21,9 +21,11 @@ from trainer.data import load_preference_data, make_collator
 from trainer.generation_log import GenerateAtEvalCallback, GenerationLog
 from trainer.losses import get_loss
 from trainer.models import build_reference, compute_dtype, load_policy, load_tokenizer
+from trainer.phases import mark, phase_callbacks
 from trainer.plotting import plot_curves
 from trainer.preference_trainer import PreferenceTrainer, loss_kwargs
 from trainer.ref_cache import CacheInfo, attach, prepare
+from trainer.ref_cache.key import token_cache_root
 
 logger = logging.getLogger("prefsweep")
 # REF_CACHE_NAME holds the CacheInfo of the run plus its MLflow tags, for the tracking side; rewritten at
@@ -66,13 +68,16 @@ def save_state(trainer: PreferenceTrainer) -> None:
 
 def build_trainer(cfg: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> tuple[PreferenceTrainer, dict]:
     """Everything up to a ready Trainer; returns it and facts about the data (fingerprint, skips)."""
+    mark("build_start")
     args = cfg.training_arguments()
     set_seed(args.seed)
     spec = get_loss(cfg.loss_name)
     tokenizer = load_tokenizer(cfg.model)
+    mark("tokenizer_loaded")
     with args.main_process_first(desc="tokenizing the preference data"):
         data = load_preference_data(
-            cfg.data, tokenizer, stage=cfg.finetuning.stage, seed=args.seed, do_train=args.do_train
+            cfg.data, tokenizer, stage=cfg.finetuning.stage, seed=args.seed, do_train=args.do_train,
+            token_cache=token_cache_root(cfg),
         )
     dtype = compute_dtype(cfg.training)
     # One copy of the weights: a cache build whose reference is the starting policy runs the policy itself,
@@ -87,12 +92,14 @@ def build_trainer(cfg: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -
     if tables is not None:
         data = attach(data, tables, cache.key)
         _say_unread_rows(cache, args, len(data.train) if data.train is not None else 0)
+    mark("data_ready")
     if policy is None:
         policy = load_policy(cfg.model, cfg.finetuning, dtype)
     reference = build_reference(
         cfg.model, cfg.finetuning, policy, needs_reference=spec.needs_reference, dtype=dtype,
         cached=tables is not None, training=args.do_train,
     )
+    mark("model_loaded")
     trainer = PreferenceTrainer(
         model=policy,
         args=args,
@@ -100,7 +107,7 @@ def build_trainer(cfg: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -
         eval_dataset=data.eval,
         data_collator=make_collator(tokenizer, stage=cfg.finetuning.stage),
         processing_class=tokenizer,
-        callbacks=list(callbacks),
+        callbacks=[*callbacks, *phase_callbacks()],
         loss=spec,
         loss_kwargs=loss_kwargs(spec, cfg.finetuning),
         reference=reference,
@@ -147,6 +154,7 @@ def run_training(cfg: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) ->
     if args.do_train:
         train_output = trainer.train(resume_from_checkpoint=resolve_resume(cfg))
         trainer.save_model()
+        mark("saved")
         trainer.log_metrics("train", train_output.metrics)
         save_metrics(trainer, "train", train_output.metrics)
         save_state(trainer)
@@ -162,6 +170,7 @@ def run_training(cfg: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) ->
             save_state(trainer)  # the final evaluation joins log_history
     if cfg.finetuning.eval_generate and trainer.eval_dataset is not None:
         generate_and_log(trainer, generations, result)
+    mark("run_end")
     result.log_history = list(trainer.state.log_history)
     result.reference_forwards = cache.reference_forwards + trainer.reference_forwards
     if trainer.is_world_process_zero():  # rank 0's count; through Ray Train this file is how it gets out

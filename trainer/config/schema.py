@@ -69,6 +69,10 @@ class DataArguments:
     """Replaces the template's default system prompt."""
     tokenized_path: str | None = None
     """Folder of the tokenized dataset: saved there when absent, loaded from it when present."""
+    tokenized_cache: bool = False
+    """Tokenize once for every run with the same data, tokenizer, template, cutoff_len and stage: the tokenized
+    sets are kept under `<reference cache root>/tokenized/` (`trainer.data.token_cache`). A sweep turns it on
+    for its trials unless the base config says otherwise; `tokenized_path` takes precedence."""
     mix_strategy: Literal["concat", "interleave_under", "interleave_over"] = "concat"
     """How several datasets merge: concatenated, or interleaved until the first (under) or last (over) runs out."""
     interleave_probs: str | list[float] | None = None
@@ -175,6 +179,10 @@ class RayArguments:
     """Name of the Ray Train run of `prefsweep train` (default: the output dir's name); sweeps name trials."""
     init_kwargs: dict[str, Any] | None = None
     """Extra `ray.init` keywords (e.g. runtime_env, num_cpus for a local Ray); not `address` (use RAY_ADDRESS)."""
+    report_every_steps: int = 0
+    """Training logs go to Ray Train (`ray.train.report`, a barrier of every worker) at most every this many
+    optimizer steps; evaluations, checkpoints and the last step always. 0: about 8 per run (see
+    `rayjobs.worker.report_interval`). MLflow still gets every logged step."""
 
 
 @dataclass

@@ -130,6 +130,8 @@ def _validate_ray(ray: RayArguments) -> None:
         raise ConfigError(f"ray.num_workers must be >= 1, got {ray.num_workers}")
     if ray.max_failures < -1:
         raise ConfigError(f"ray.max_failures must be >= 0, or -1 to retry forever, got {ray.max_failures}")
+    if ray.report_every_steps < 0:
+        raise ConfigError(f"ray.report_every_steps must be >= 0 (0: about 8 reports per run), got {ray.report_every_steps}")
     if ray.num_to_keep is not None and ray.num_to_keep < 1:
         raise ConfigError(f"ray.num_to_keep must be >= 1 or null (keep all), got {ray.num_to_keep}")
     for name, amount in (ray.resources_per_worker or {}).items():

@@ -42,6 +42,7 @@ def load_preference_data(
     seed: int,
     do_train: bool = True,
     cache_dir: str | Path | None = None,
+    token_cache: str | Path | None = None,
 ) -> PreferenceData:
     """Load, convert, split and tokenize the datasets of `data_args` (a `config.DataArguments`).
 
@@ -50,7 +51,8 @@ def load_preference_data(
     labels, their `kl_` counterparts and kto_tags. `seed` seeds the val_size split (the training seed).
     `cache_dir` holds the tokenized cache (default: the `datasets` cache, under `prefsweep/`).
     With `tokenized_path` set, the tokenized sets are saved there, or loaded from there when it exists
-    (`tokenized_path.py`).
+    (`tokenized_path.py`); else with `token_cache` (a folder), from or into its entry for this data,
+    tokenizer and settings (`token_cache.py`: tokenize once per sweep).
     Raises ConfigError for datasets the stage cannot use, DataError for unusable data.
     """
     from trainer.data import tokenized_path as saved
@@ -63,6 +65,17 @@ def load_preference_data(
         expected = saved.settings(data_args, tokenizer, stage, tokenizer_digest(tokenizer))
         train, eval_ = saved.load(path, expected)
         train, skipped = (train if do_train else None), {}
+    elif path is None and token_cache is not None:
+        from trainer.data import token_cache as cache
+        from trainer.data.pipeline import tokenized_key
+
+        key = tokenized_key(data_args, tokenizer, stage=stage, seed=seed, do_train=do_train)
+        (train, eval_, skipped), fingerprint, _ = cache.load_or_build(
+            token_cache, key, saved.settings(data_args, tokenizer, stage, tokenizer_digest(tokenizer)),
+            lambda: build(data_args, tokenizer, stage=stage, seed=seed, do_train=do_train, cache_dir=cache_dir),
+            refresh=bool(getattr(data_args, "overwrite_cache", False)),
+        )
+        return PreferenceData(train=train, eval=eval_, skipped=skipped, fingerprint=fingerprint)
     else:
         train, eval_, skipped = build(
             data_args, tokenizer, stage=stage, seed=seed, do_train=do_train, cache_dir=cache_dir

@@ -22,6 +22,7 @@ import datasets
 import numpy as np
 
 from trainer.data.conversion import EMPTY_AFTER_TRUNCATION
+from trainer.data.dataset_info import DatasetAttr, get_dataset_attr
 from trainer.data.encoding import MAP_BATCH_SIZE, FeedbackEncoder, PairwiseEncoder
 from trainer.data.reading import data_files
 from trainer.data.sources import Source, load_source
@@ -32,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 STAGES = ("dpo", "kto")
 _CODE_FILES = ("conversion.py", "encoding.py", "reading.py", "sources.py", "pipeline.py", "trl_format.py",
-               "hub_datasets.py")
+               "hub_datasets.py", "dataset_info.py", "dataset_attr.py")
 
 
 def dataset_names(value: str | list[str] | None) -> list[str]:
@@ -79,14 +80,29 @@ def tokenizer_digest(tokenizer: Any) -> str:
 
 
 def _source_key(source: Source, max_samples: int | None, seed: int) -> str:
-    attr = {k: (str(v) if k == "path" else v) for k, v in vars(source.attr).items()}
+    return _attr_key(source.attr, max_samples, seed)
+
+
+def _attr_key(attr: DatasetAttr, max_samples: int | None, seed: int) -> str:
+    fields = {k: (str(v) if k == "path" else v) for k, v in vars(attr).items()}
     # a hub snapshot's folder name is its commit sha: the data's identity; local files are hashed
-    files = source.attr.path.name if source.attr.hub_url else _file_digest(data_files(source.attr.path))
+    files = attr.path.name if attr.hub_url else _file_digest(data_files(attr.path))
+    return _sha256(fields, files, max_samples, seed if attr.num_samples else None)
+
+
+def tokenized_key(data_args: Any, tokenizer: Any, *, stage: str, seed: int, do_train: bool) -> str:
+    """Everything `build`'s result depends on, without reading a row: the data files (hashed) and their
+    `dataset_info.json` entries, max_samples, the split, stage, template, tokenizer, cutoff_len and this
+    package's code. The key of the tokenized-dataset cache (`token_cache`); fixes `tokenizer` for the
+    template, as `build` does."""
+    template = get_template_and_fix_tokenizer(tokenizer, data_args.template, **template_options(data_args))
+    val_size = float(data_args.val_size or 0.0)
+    keys = [[_attr_key(get_dataset_attr(name, data_args.dataset_dir), data_args.max_samples, seed)
+             for name in dataset_names(value)] for value in (data_args.dataset, data_args.eval_dataset)]
+    seeded = val_size > 1e-6 or data_args.mix_strategy != "concat"  # else the seed picks no row
     return _sha256(
-        attr,
-        files,
-        max_samples,
-        seed if source.attr.num_samples else None,
+        stage, repr(template), tokenizer_digest(tokenizer), data_args.cutoff_len, _code_digest(), keys,
+        data_args.mix_strategy, interleave_probs(data_args), val_size, seed if seeded else None, do_train,
     )
 
 

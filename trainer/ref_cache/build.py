@@ -19,7 +19,14 @@ from trainer.data.collator import REFERENCE_COLUMNS, reference_column_names
 from trainer.logps import response_mask
 from trainer.losses import ld_weighted_logps
 from trainer.ref_cache.info import SPLITS, CacheInfo, CacheInvalid, say
-from trainer.ref_cache.key import cache_root, key_fields, key_hash, off_reason, reference_cache_identity
+from trainer.ref_cache.key import (
+    cache_root,
+    key_fields,
+    key_hash,
+    off_reason,
+    reference_cache_identity,
+    token_cache_root,
+)
 from trainer.ref_cache.storage import LocalCacheStorage
 
 
@@ -228,7 +235,7 @@ def ensure_reference_cache(cfg: TrainConfig, *, device: torch.device | str | Non
     set_seed(args.seed)
     tokenizer = load_tokenizer(cfg.model)
     data = load_preference_data(cfg.data, tokenizer, stage=cfg.finetuning.stage, seed=args.seed,
-                                do_train=args.do_train)
+                                do_train=args.do_train, token_cache=token_cache_root(cfg))
     return prepare(cfg, data, tokenizer, seed=args.seed, build=True, device=device)[0]
 
 

@@ -35,6 +35,11 @@ def cache_root(cfg: TrainConfig) -> Path:
     return Path("~/.cache/prefsweep/ref_cache").expanduser()
 
 
+def token_cache_root(cfg: TrainConfig) -> Path | None:
+    """Where `tokenized_cache: true` keeps tokenized datasets (beside the reference caches); None when off."""
+    return cache_root(cfg) / "tokenized" if cfg.data.tokenized_cache else None
+
+
 _HASH_MEMO: dict[tuple, str] = {}
 
 
