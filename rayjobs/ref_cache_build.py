@@ -9,6 +9,16 @@ from __future__ import annotations
 
 import time
 
+from trainer.config import TrainConfig, with_overrides
+
+
+def cache_under_storage(base_cfg: TrainConfig, storage_path: str | None) -> TrainConfig:
+    """A sweep's reference cache root: `ref_cache_dir` as given, else `<storage_path>/ref_cache` when the
+    spec names a storage path (on a bucket, every node reaches it without a shared filesystem)."""
+    if base_cfg.finetuning.ref_cache_dir or base_cfg.ray.storage_path or not storage_path:
+        return base_cfg
+    return with_overrides(base_cfg, {"ref_cache_dir": f"{storage_path.rstrip('/')}/ref_cache"})
+
 
 def shard_task_resources(per_worker: dict[str, float], node_cpus: list[float], shards: int) -> dict[str, float]:
     """What one shard task holds: one training worker's resources; without GPUs, an equal share of the
@@ -48,7 +58,6 @@ def build_caches(configs: list, *, shards: int, per_worker: dict[str, float]) ->
 def build_reference_caches(spec, base_cfg, *, per_worker: dict[str, float], shards: int) -> list:
     """Reference log-probs once per distinct cache key of the sweep's corner configs, before any trial."""
     from sweeps.spec_checks import corner_configs
-    from trainer.config import with_overrides
     from trainer.ref_cache import reference_cache_identity
 
     configs, seen = [], set()

@@ -212,6 +212,10 @@ def run(source: str | Path | dict, overrides: list[str] = (), *, worker_logs: bo
     )
 
     shards = concurrency * base_cfg.ray.num_workers  # the training workers the sweep may run at once
+    if spec.reference_cache:
+        from rayjobs.ref_cache_build import cache_under_storage
+
+        base_cfg = cache_under_storage(base_cfg, storage if spec.storage_path else None)
     cache_infos = build_reference_caches(spec, base_cfg, shards=shards) if spec.reference_cache else []
     experiment_id = mlflow_store.ensure_experiment()
     previous = read_parent_run(exp_path) if resume else None
