@@ -172,7 +172,7 @@ def run_sweep(s3: S3Server, tracking_uri: str, tiny_model: Path, tmp_path: Path,
     assert not outputs.exists()
     fresh = tmp_path / "fresh"
     fresh.mkdir()
-    resumed = subprocess.run([*command, "--resume"], cwd=fresh, env=env, capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run([*command, "--resume", "--worker-logs"], cwd=fresh, env=env, capture_output=True, text=True, timeout=600)
     output = resumed.stdout + resumed.stderr
     (tmp_path / "resume.log").write_text(output)
     assert resumed.returncode == 0, output[-6000:]
@@ -186,21 +186,24 @@ def run_sweep(s3: S3Server, tracking_uri: str, tiny_model: Path, tmp_path: Path,
     parents, children = runs()
     assert [p.info.run_id for p in parents] == [parent_record["run_id"]] and parents[0].info.status == "FINISHED"
     assert sorted(children) == sorted(after)  # one child run per trial
-    rerun_steps = 0
+    rerun_steps, resumed_from = 0, {}
     for name in finished_first:
         assert history(children[name]) == finished_history[name]
         rerun_steps += sum(1 for _, _, ts in history(children[name]) if ts > killed_at_ms)
     assert rerun_steps == 0
-    resumed_from = {}
     for name, run in children.items():
         assert run.info.status == "FINISHED", (name, run.info.status)
         assert run.data.tags["prefsweep.ref_cache"] == "hit", name  # read from the bucket
         assert one_value_per_step(client, run)["loss"] == list(range(1, MAX_STEPS + 1)), name
-    for name in checkpointed:
+    for name in checkpointed:  # went on from its checkpoint, downloaded from the bucket, not from step 1
+        assert f"trial {name} resumes from its latest checkpoint" in output, name
+        restored = sorted((outputs / name / "restored").glob("checkpoint-*/trainer_state.json"))
+        assert restored, name
+        resumed_from[name] = json.loads(restored[-1].read_text())["global_step"]
+        assert resumed_from[name] >= SAVE_STEPS and resumed_from[name] % SAVE_STEPS == 0, resumed_from
+        # the steps it re-ran after the checkpoint were not sent again; what is new follows what was logged
         new_steps = [s for s, _, ts in history(children[name]) if ts > killed_at_ms]
-        assert not new_steps or min(new_steps) > SAVE_STEPS, (name, new_steps)  # from its checkpoint, not step 1
-        resumed_from[name] = min(new_steps) - 1 if new_steps else MAX_STEPS
-        assert (outputs / name / "restored").is_dir(), name  # downloaded from the bucket
+        assert not new_steps or min(new_steps) > resumed_from[name], (name, new_steps)
     cache_record = json.loads((outputs / checkpointed[0] / "ref_cache.json").read_text())
     assert cache_record["path"].startswith(f"s3://{BUCKET}/ray/ref_cache/"), cache_record
 
@@ -209,6 +212,6 @@ def run_sweep(s3: S3Server, tracking_uri: str, tiny_model: Path, tmp_path: Path,
     rows = [line for line in Path(board).read_text().splitlines()[1:] if line.strip()]
     assert len(rows) == 3 and all(any(name in row for row in rows) for name in after), rows
     assert any(p.endswith("/leaderboard.csv") for p in bucket.files("mlflow")), bucket.files("mlflow")
-    print(f"s3 sweep: finished before the kill {finished_first}, checkpointed {checkpointed} (resumed from steps "
-          f"{resumed_from}); steps rerun by finished trials {rerun_steps}; child runs {len(children)}; "
+    print(f"s3 sweep: finished before the kill {finished_first}, checkpointed {checkpointed} (resumed from their "
+          f"checkpoints at steps {resumed_from}); steps rerun by finished trials {rerun_steps}; child runs {len(children)}; "
           f"{time.monotonic() - started:.0f}s")
