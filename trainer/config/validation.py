@@ -58,8 +58,8 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"lora_alpha must be > 0 or null (2 * lora_rank), got {ft.lora_alpha}")
     if not 0 <= ft.lora_dropout < 1:
         raise ConfigError(f"lora_dropout must be in [0, 1), got {ft.lora_dropout}")
-    scheme = (ft.ref_cache_dir or "").partition("://")[0] if "://" in (ft.ref_cache_dir or "") else None
-    if scheme is not None and scheme not in CACHE_URI_SCHEMES:
+    cache_dir = ft.ref_cache_dir or ""
+    if "://" in cache_dir and cache_dir.partition("://")[0] not in CACHE_URI_SCHEMES:
         raise ConfigError(f"ref_cache_dir {ft.ref_cache_dir!r}: a path, or a URI of one of "
                           f"{', '.join(CACHE_URI_SCHEMES)} (filesystems pyarrow.fs opens)")
     if ft.logps_chunk_size is not None and ft.logps_chunk_size < 1:
