@@ -34,7 +34,6 @@ import logging
 import math
 import os
 import sys
-import time
 from pathlib import Path
 
 from rayjobs.background import in_background
@@ -136,38 +135,20 @@ def default_concurrency(cluster: dict[str, float], per_trial: dict[str, float]) 
     return max(1, min(fits)) if fits else 1
 
 
-def build_reference_caches(spec: SweepSpec, base_cfg: TrainConfig) -> list:
-    """Reference log-probs once per distinct cache key, before any trial starts.
+def build_reference_caches(spec: SweepSpec, base_cfg: TrainConfig, *, shards: int = 1) -> list:
+    """Reference log-probs once per distinct cache key, before any trial starts, split into `shards` Ray
+    tasks per key (`rayjobs.ref_cache_build`).
 
     The reference model is frozen, so its log-probs are the same in every trial that shares the model,
     data and tokenization; trials (`precompute_ref: auto`) then read them instead of running the
-    reference each step. The sweep's corner configs (every loss, range ends) name the keys. The build
-    runs as a Ray task with one training worker's resources: on a GPU cluster, on a GPU node. Without
-    GPUs it takes every CPU of the largest node instead (no trial runs yet, and Ray gives the task as
-    many torch threads as CPUs), so a CPU machine's other cores do not idle through the build.
+    reference each step. The sweep's corner configs (every loss, range ends) name the keys. Each shard
+    task holds one training worker's resources (on a GPU cluster, a GPU); without GPUs an equal share of
+    the largest node's CPUs, so a CPU machine's cores do not idle through the build.
     """
-    import ray
+    from rayjobs.ref_cache_build import build_reference_caches as build
 
-    from sweeps.spec_checks import corner_configs
-    from trainer.ref_cache import ensure_reference_caches, reference_cache_identity
-
-    configs = [with_overrides(base_cfg, chosen) for chosen in corner_configs(spec)]
-    configs = [cfg for cfg in configs if reference_cache_identity(cfg) is not None]
-    if not configs:
-        return []
     per_worker = {k: v / base_cfg.ray.num_workers for k, v in per_trial_resources(base_cfg).items()}
-    if not per_worker.get("GPU"):
-        node_cpus = [node["Resources"].get("CPU", 0.0) for node in ray.nodes() if node.get("Alive")]
-        per_worker["CPU"] = max([per_worker.get("CPU", 0.0), *node_cpus])
-    task = ray.remote(ensure_reference_caches).options(
-        num_cpus=per_worker.pop("CPU", 0), num_gpus=per_worker.pop("GPU", 0), resources=per_worker or None
-    )
-    started = time.monotonic()
-    infos = ray.get(task.remote(configs))
-    for info in infos:
-        print(f"prefsweep: reference log-probs {info.status} ({info.path or info.reason}); "
-              f"{time.monotonic() - started:.0f}s", flush=True)
-    return infos
+    return build(spec, base_cfg, per_worker=per_worker, shards=shards)
 
 
 def reference_cache_tags(infos: list) -> dict[str, str]:
@@ -235,10 +216,15 @@ def run(source: str | Path | dict, overrides: list[str] = (), *, worker_logs: bo
     )
 
     mark("sweep_ray_ready")
+    shards = concurrency * base_cfg.ray.num_workers  # the training workers the sweep may run at once
+    if spec.reference_cache:
+        from rayjobs.ref_cache_build import cache_under_storage
+
+        base_cfg = cache_under_storage(base_cfg, storage if spec.storage_path else None)
     # The MLflow store's set-up (a new SQLite store runs its schema migrations: seconds) overlaps the cache
-    # build, which runs in a Ray task.
+    # build, which runs in Ray tasks.
     experiment = in_background(mlflow_store.ensure_experiment)
-    cache_infos = build_reference_caches(spec, base_cfg) if spec.reference_cache else []
+    cache_infos = build_reference_caches(spec, base_cfg, shards=shards) if spec.reference_cache else []
     mark("sweep_cache_built")
     experiment_id = experiment()
     mark("sweep_mlflow_ready")

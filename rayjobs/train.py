@@ -48,7 +48,7 @@ def absolute_paths(cfg: TrainConfig, base: Path | None = None) -> dict[str, Any]
 
     `model_name_or_path` / `ref_model` only when they name an existing local directory (otherwise they
     are hub ids); `deepspeed` only when it is a path (it may be an inline dict); the reference
-    log-prob cache root (`ref_cache_dir`) when set.
+    log-prob cache root (`ref_cache_dir`) when set and not a URI.
     """
     base = (base or Path.cwd()).resolve()
 
@@ -70,7 +70,7 @@ def absolute_paths(cfg: TrainConfig, base: Path | None = None) -> dict[str, Any]
         fixed["eval_reward_model"] = absolute(reward_model)
     if cfg.model.cache_dir:
         fixed["cache_dir"] = absolute(cfg.model.cache_dir)
-    if getattr(cfg.finetuning, "ref_cache_dir", None):
+    if getattr(cfg.finetuning, "ref_cache_dir", None) and "://" not in cfg.finetuning.ref_cache_dir:
         fixed["ref_cache_dir"] = absolute(cfg.finetuning.ref_cache_dir)
     deepspeed = cfg.training.get("deepspeed")
     if isinstance(deepspeed, str) and deepspeed:

@@ -155,13 +155,16 @@ class RayProgressCallback(TrainerCallback):
 # ----------------------------------------------------------------------------------------- worker
 
 
-def _resume_checkpoint(invocation: str) -> str | None:
+def _resume_checkpoint(invocation: str, output_dir: Path) -> str | None:
     """The Hugging Face checkpoint to resume from after a worker-group restart of this same `fit()`.
 
     Ray Train V2 also restores a run of the same name from storage on a later `fit()`; that one is
     ignored (its invocation differs): a new run starts over unless its config says
-    `resume_from_checkpoint`, as with `use_ray: false`.
+    `resume_from_checkpoint`, as with `use_ray: false`. A checkpoint on object storage (`storage_path:
+    s3://...`) is downloaded into `<output_dir>/restored/<name>` first: a trial resumed on another node,
+    or from a fresh working dir, has nothing of its own on disk.
     """
+    import pyarrow.fs
     import ray.train
 
     checkpoint = ray.train.get_checkpoint()
@@ -169,7 +172,10 @@ def _resume_checkpoint(invocation: str) -> str | None:
         return None
     from trainer.checkpoints import checkpoint_is_complete
 
-    path = Path(checkpoint.path)
+    if isinstance(checkpoint.filesystem, pyarrow.fs.LocalFileSystem):
+        path = Path(checkpoint.path)
+    else:
+        path = Path(checkpoint.to_directory(str(output_dir / "restored" / Path(checkpoint.path).name)))
     marker = path / INVOCATION_FILE
     if not marker.is_file() or marker.read_text() != invocation or not checkpoint_is_complete(path):
         return None
@@ -185,7 +191,7 @@ def run_worker(loop: TrainLoop) -> None:
     from trainer.workflow import run_training
 
     cfg = loop.config
-    resume = _resume_checkpoint(loop.invocation)
+    resume = _resume_checkpoint(loop.invocation, cfg.output_dir)
     if resume is not None:
         cfg = with_overrides(cfg, {"resume_from_checkpoint": resume, "overwrite_output_dir": True})
     if cfg.training.get("deepspeed"):

@@ -1,9 +1,13 @@
-"""A fault tests install in Ray Train workers (`TrainLoop.callbacks`): kill one worker at one step, once."""
+"""A fault tests install in Ray Train workers (`TrainLoop.callbacks`): kill one worker at one step, once; and
+`kill_driver_when`, which SIGKILLs a sweep driver at a chosen point."""
 
 from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from transformers import TrainerCallback
@@ -29,3 +33,22 @@ class FaultInjectionCallback(TrainerCallback):
         if self.rank == self.kill_rank and state.global_step == self.kill_step and not self.marker.exists():
             self.marker.write_text(str(os.getpid()))
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+def kill_driver_when(command: list[str], *, cwd: Path, env: dict[str, str], log_path: Path,
+                     ready: Callable[[], bool], timeout_s: float) -> None:
+    """Start a sweep driver in a process group of its own, poll `ready()` twice a second, then SIGKILL the
+    whole group (the driver and the local Ray it started die together). Fails if the driver exits first
+    or `ready()` is not true within `timeout_s`."""
+    with open(log_path, "w") as log:
+        driver = subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+        deadline = time.monotonic() + timeout_s
+        try:
+            while not ready():
+                assert driver.poll() is None, f"driver exited early:\n{log_path.read_text()[-4000:]}"
+                assert time.monotonic() < deadline, f"no halfway point:\n{log_path.read_text()[-4000:]}"
+                time.sleep(0.5)
+        finally:
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait(timeout=30)

@@ -27,13 +27,17 @@ class MlflowServer:
     """`mlflow server` with one uvicorn worker; `stop()` then `start()` brings it back on the same port
     and store, as an operator's restart would."""
 
-    def __init__(self, workdir: Path, backend_store_uri: str, port: int | None = None, workers: int = 1):
+    def __init__(self, workdir: Path, backend_store_uri: str, port: int | None = None, workers: int = 1,
+                 artifacts: str | None = None, env: dict[str, str] | None = None):
+        """artifacts: the artifact store the server proxies (default a local folder; e.g. `s3://...`, with
+        its endpoint and credentials in `env`, which is added to the server's environment)."""
         self.workdir = Path(workdir)
         self.workers = workers
         self.backend_store_uri = backend_store_uri
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.artifacts = self.workdir / "server-artifacts"
+        self.artifacts = artifacts or self.workdir / "server-artifacts"
+        self.env = env or {}
         self.log_path = self.workdir / f"mlflow-server-{self.port}.log"
         self.proc: subprocess.Popen | None = None
 
@@ -42,7 +46,7 @@ class MlflowServer:
                "--workers", str(self.workers), "--backend-store-uri", self.backend_store_uri,
                "--artifacts-destination", str(self.artifacts)]  # fmt: skip
         # No job-runner processes: they are not needed to log runs and outlive the server on SIGTERM.
-        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        env = {**os.environ, **self.env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
         with self.log_path.open("a") as log:
             self.proc = subprocess.Popen(
                 cmd, cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
+from tests.fault_injection import kill_driver_when
 from tests.test_ray_sweep import BIN, REPO, base_config
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -115,24 +115,13 @@ def test_sweep_resumes_after_the_driver_is_killed(driver_env, tiny_model, tmp_pa
     assert f"no sweep state to resume at {exp}" in nothing.stderr
 
     # 1. the first driver, killed (its whole process group) halfway
-    first_log = tmp_path / "first.log"
-    with open(first_log, "w") as log:
-        driver = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                  start_new_session=True)
-        deadline = time.monotonic() + 240
-        try:
-            while True:
-                assert driver.poll() is None, f"driver exited early:\n{first_log.read_text()[-4000:]}"
-                assert time.monotonic() < deadline, f"no halfway point:\n{first_log.read_text()[-4000:]}"
-                trials = tune_trials(exp)
-                done = [n for n, t in trials.items() if t["status"] == "TERMINATED"]
-                running = [n for n, t in trials.items() if t["status"] != "TERMINATED"]
-                if len(done) == 2 and any(has_checkpoint(exp, n) for n in running):
-                    break
-                time.sleep(0.5)
-        finally:
-            os.killpg(driver.pid, signal.SIGKILL)
-            driver.wait(timeout=30)
+    def halfway() -> bool:
+        trials = tune_trials(exp)
+        done = [n for n, t in trials.items() if t["status"] == "TERMINATED"]
+        running = [n for n, t in trials.items() if t["status"] != "TERMINATED"]
+        return len(done) == 2 and any(has_checkpoint(exp, n) for n in running)
+
+    kill_driver_when(command, cwd=REPO, env=env, log_path=tmp_path / "first.log", ready=halfway, timeout_s=240)
     killed_at_ms = int(time.time() * 1000)
     before = tune_trials(exp)
     assert len(before) == 4, before

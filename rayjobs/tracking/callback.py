@@ -68,7 +68,9 @@ class MlflowLoggingCallback(TrainerCallback):
     point the killed attempt logged, and `on_train_begin` reads from it the last step logged per key;
     points at or below it are dropped. A re-run step from the same checkpoint and seed has the value it
     had before (tests/test_fault_worker_death.py), so skipping loses nothing. It also covers a key logged
-    twice at one step (`epoch` in the train and the eval log of a step).
+    twice at one step (`epoch` in the train and the eval log of a step). A trial resumed where its spool is
+    gone (another node; a sweep resumed from a bucket) reattaches to its run by name, and the sender then
+    skips the steps the run's history already holds (`Delivery.reattached`).
     """
 
     def __init__(

@@ -59,6 +59,10 @@ class Delivery:
         self.dedupe = dedupe
         self.on_run = on_run
         self._history: dict[str, set] = {}
+        self.reattached = False
+        """This spool found its run already in the store, made by another spool (a trial resumed where its
+        output dir, and so its spool, is gone: another node, a fresh working dir); the points it holds
+        stay, a re-run step is not sent again."""
         self.points_sent = 0
         self.points_present = 0
 
@@ -79,6 +83,8 @@ class Delivery:
             new = metrics
             if self.dedupe:
                 new = [m for m in metrics if (m.step, m.timestamp, m.value) not in self._logged(m.key)]
+            elif self.reattached:  # one value per key and step: the first logged, by an earlier attempt
+                new = [m for m in metrics if m.step not in {step for step, _, _ in self._logged(m.key)}]
             if new:
                 self.client.log_batch(self.run_id, metrics=new)
             self.points_sent += len(new)
@@ -112,7 +118,8 @@ class Delivery:
 
     def _open(self, item: dict) -> None:
         """Find or create the run (see `rayjobs.tracking.runs.open_run`), marked with this spool's id."""
-        run_id, _ = open_run(
+        fresh = self.run_id is None and not item.get("run_id")
+        run_id, created = open_run(
             self.client,
             experiment_id=lambda: resolve_experiment(item.get("experiment_id"), item.get("experiment_name"),
                                                      uri=self.client.tracking_uri),
@@ -123,6 +130,7 @@ class Delivery:
             parent_run_id=item.get("parent_run_id"),
             marker=(TAG_SPOOL_ID, item["spool_id"]),
         )
+        self.reattached = fresh and not created
         if run_id != self.run_id:
             self.spool.mark_run(run_id)
             if self.on_run is not None:

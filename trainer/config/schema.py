@@ -144,7 +144,7 @@ class FinetuningArguments:
     precompute_ref: Literal["auto", "always", "never"] = "auto"
     """Reference log-prob cache: auto reads one that exists for this run's key (a sweep builds it before its trials), always builds or reuses one before training, never runs the reference every step."""
     ref_cache_dir: str | None = None
-    """Root of the reference log-prob cache (a filesystem path); default <ray.storage_path>/ref_cache, else ~/.cache/prefsweep/ref_cache."""
+    """Root of the reference log-prob cache: a filesystem path or a URI (s3://, gs://: pyarrow.fs, no shared filesystem needed); default <ray.storage_path>/ref_cache, else ~/.cache/prefsweep/ref_cache."""
     eval_generate: int = 0
     """At the end of training (at every evaluation with eval_generate_every_eval), sample answers to the first N eval prompts from the policy and the reference (seeded, fixed settings; `trainer.generation`); 0: off."""
     eval_generate_every_eval: bool = False

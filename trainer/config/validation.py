@@ -24,6 +24,9 @@ from trainer.errors import ConfigError
 from trainer.losses.config_checks import check_losses
 from trainer.model_source import PINNED_REVISION
 
+CACHE_URI_SCHEMES = ("s3", "gs", "gcs", "file", "hdfs", "viewfs", "abfs", "abfss")
+"""URI schemes `ref_cache_dir` may name: the filesystems `pyarrow.fs.FileSystem.from_uri` opens."""
+
 
 def validate(cfg: TrainConfig) -> None:
     ft, data, model, training = cfg.finetuning, cfg.data, cfg.model, cfg.training
@@ -55,10 +58,10 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"lora_alpha must be > 0 or null (2 * lora_rank), got {ft.lora_alpha}")
     if not 0 <= ft.lora_dropout < 1:
         raise ConfigError(f"lora_dropout must be in [0, 1), got {ft.lora_dropout}")
-    if ft.ref_cache_dir is not None and "://" in ft.ref_cache_dir:
-        raise ConfigError(
-            f"ref_cache_dir must be a local or shared filesystem path (atomic renames), got {ft.ref_cache_dir!r}"
-        )
+    cache_dir = ft.ref_cache_dir or ""
+    if "://" in cache_dir and cache_dir.partition("://")[0] not in CACHE_URI_SCHEMES:
+        raise ConfigError(f"ref_cache_dir {ft.ref_cache_dir!r}: a path, or a URI of one of "
+                          f"{', '.join(CACHE_URI_SCHEMES)} (filesystems pyarrow.fs opens)")
     if ft.logps_chunk_size is not None and ft.logps_chunk_size < 1:
         raise ConfigError(f"logps_chunk_size must be >= 1 or null, got {ft.logps_chunk_size}")
     if data.cutoff_len < 2:

@@ -7,8 +7,9 @@ fine-tuning, and the same numbers again in each trial of a sweep. Here they are 
 example as the summed log-prob and the response token count (averaged variants are sum / count, as
 `SequenceLogps.mean`), and joined to the dataset as columns; the trainer then builds no reference at all.
 
-Layout under the cache root (`ref_cache_dir`; default `<ray.storage_path>/ref_cache`, else
-`~/.cache/prefsweep/ref_cache`)::
+Layout under the cache root (`ref_cache_dir`; default `<ray.storage_path>/ref_cache`, in a sweep
+`<storage_path>/ref_cache`, else `~/.cache/prefsweep/ref_cache`), for a local root (a URI root, `s3://`
+or `gs://`, holds sharded Parquet and a manifest written last: `fs_storage.ArrowCacheStorage`)::
 
     <key>/train.parquet   index, ref_chosen_logps, ref_chosen_count, ref_rejected_logps, ref_rejected_count
     <key>/eval.parquet    (kto: index, ref_logps, ref_count, ref_kl_logps, ref_kl_count)
@@ -22,7 +23,8 @@ cutoff_len, max_samples, the val_size split and its seed, the stage and FORMAT_V
 manifest does not hold exactly these fields, whose files fail their checksum, do not parse or have the
 wrong row count is never read; with a build allowed it is replaced. Builds write into a temp directory,
 fsync, and rename it into place, so readers see a whole cache or none; of two concurrent builders the
-second finds the first's cache in place and keeps it.
+second finds the first's cache in place and keeps it. A sweep driver's build is split into shards, one
+Ray task each (`shards.py`, `rayjobs.ref_cache_build`), each example in one shard, committed last.
 
 `precompute_ref` (config): `never` -- no cache, the reference runs every step; `always` -- build or reuse
 the cache before training; `auto` (default) -- read a cache that exists for the key, never build one. A

@@ -18,6 +18,7 @@ from trainer.data import PreferenceData, make_collator
 from trainer.data.collator import REFERENCE_COLUMNS, reference_column_names
 from trainer.logps import response_mask
 from trainer.losses import ld_weighted_logps
+from trainer.ref_cache.fs_storage import storage_for
 from trainer.ref_cache.info import SPLITS, CacheInfo, CacheInvalid, say
 from trainer.ref_cache.key import (
     cache_root,
@@ -27,7 +28,6 @@ from trainer.ref_cache.key import (
     reference_cache_identity,
     token_cache_root,
 )
-from trainer.ref_cache.storage import LocalCacheStorage
 
 
 def _lengths(dataset, stage: str) -> np.ndarray:
@@ -155,7 +155,7 @@ def prepare(
             say("reference cache off: %s", off)
         return CacheInfo(reason=off), None
     root = cache_root(cfg)
-    storage = LocalCacheStorage(root)
+    storage = storage_for(root)
     if not build and not storage.has_entries():
         return CacheInfo(reason=f"precompute_ref: auto and no cache under {root}"), None
     fields = key_fields(cfg, data, seed=seed, root=root)
@@ -223,20 +223,26 @@ def ensure_reference_cache(cfg: TrainConfig, *, device: torch.device | str | Non
 
     device: where the reference runs; default cuda if available, else cpu.
     """
+    off = off_reason(cfg)
+    if off:
+        return CacheInfo(reason=off)
+    tokenizer, data, seed = load_for_cache(cfg)
+    return prepare(cfg, data, tokenizer, seed=seed, build=True, device=device)[0]
+
+
+def load_for_cache(cfg: TrainConfig) -> tuple[Any, PreferenceData, int]:
+    """(tokenizer, tokenized data, seed) of a run of `cfg`, as its training process will load them."""
     from transformers import set_seed
 
     from trainer.data import load_preference_data
     from trainer.models import load_tokenizer
 
-    off = off_reason(cfg)
-    if off:
-        return CacheInfo(reason=off)
     args = cfg.training_arguments()
     set_seed(args.seed)
     tokenizer = load_tokenizer(cfg.model)
     data = load_preference_data(cfg.data, tokenizer, stage=cfg.finetuning.stage, seed=args.seed,
                                 do_train=args.do_train, token_cache=token_cache_root(cfg))
-    return prepare(cfg, data, tokenizer, seed=args.seed, build=True, device=device)[0]
+    return tokenizer, data, args.seed
 
 
 def ensure_reference_caches(cfgs: list[TrainConfig], *, device: torch.device | str | None = None) -> list[CacheInfo]:

@@ -20,8 +20,8 @@ class CacheInfo:
 
     key: str = ""
     """sha256 of the key fields; empty when no key was computed."""
-    path: Path | None = None
-    """The cache directory (<root>/<key>)."""
+    path: Path | str | None = None
+    """The cache entry (<root>/<key>): a local path, or a URI on an object store."""
     hit: bool = False
     """An existing, valid cache was read."""
     build_seconds: float = 0.0

@@ -25,19 +25,31 @@ TOKENIZER_FILES = (
 )
 
 
-def cache_root(cfg: TrainConfig) -> Path:
-    """`ref_cache_dir`, else `<ray.storage_path>/ref_cache` for a filesystem storage path, else the user cache."""
-    if cfg.finetuning.ref_cache_dir:
-        return Path(cfg.finetuning.ref_cache_dir).expanduser().resolve()
+USER_CACHE = "~/.cache/prefsweep/ref_cache"
+
+
+def cache_root(cfg: TrainConfig) -> Path | str:
+    """`ref_cache_dir`, else `<ray.storage_path>/ref_cache`, else the user cache. A URI (`s3://...`) stays a
+    string: trials on any node reach it through `pyarrow.fs`, with no shared filesystem."""
+    given = cfg.finetuning.ref_cache_dir
     storage = cfg.ray.storage_path
-    if storage and "://" not in storage:
-        return Path(storage).expanduser().resolve() / "ref_cache"
-    return Path("~/.cache/prefsweep/ref_cache").expanduser()
+    if not given and storage:
+        given = f"{storage.rstrip('/')}/ref_cache"
+    if given and "://" in given:
+        return given.rstrip("/")
+    return Path(given or USER_CACHE).expanduser().resolve()
+
+
+def hash_root(root: Path | str) -> Path:
+    """Where content hashes of local weight files are remembered: the cache root, or for a URI root (the
+    files hashed are local to this node) the user cache."""
+    return root if isinstance(root, Path) else Path(USER_CACHE).expanduser()
 
 
 def token_cache_root(cfg: TrainConfig) -> Path | None:
-    """Where `tokenized_cache: true` keeps tokenized datasets (beside the reference caches); None when off."""
-    return cache_root(cfg) / "tokenized" if cfg.data.tokenized_cache else None
+    """Where `tokenized_cache: true` keeps tokenized datasets (beside local reference caches; with a URI cache
+    root, on this node's user cache); None when off."""
+    return hash_root(cache_root(cfg)) / "tokenized" if cfg.data.tokenized_cache else None
 
 
 _HASH_MEMO: dict[tuple, str] = {}
@@ -87,10 +99,11 @@ def _files_identity(directory: Path | None, patterns: tuple[str, ...], root: Pat
     return {p.name: file_sha256(p, root) for p in files}
 
 
-def key_fields(cfg: TrainConfig, data: PreferenceData, *, seed: int, root: Path) -> dict[str, Any]:
+def key_fields(cfg: TrainConfig, data: PreferenceData, *, seed: int, root: Path | str) -> dict[str, Any]:
     """Everything the cached numbers depend on, as plain JSON values (the manifest stores them as is)."""
     from trainer.models import compute_dtype
 
+    root = hash_root(root)
     model, data_args = cfg.model, cfg.data
     ref_name = model.ref_model or model.model_name_or_path
     ref_dir = _local_dir(ref_name, model.model_revision, model.cache_dir)

@@ -3,8 +3,9 @@
 
 An entry is `<key>/{train,eval}.parquet` plus `<key>/manifest.json` (key fields, rows and sha256 of each
 file). Readers see a whole entry or none: it is written into a temp directory and renamed into place.
-Another backend (e.g. `pyarrow.fs` on an object store, where a manifest written last plays the rename's
-part) implements the same four methods.
+`trainer.ref_cache.fs_storage.ArrowCacheStorage` implements the same methods on `pyarrow.fs` (object
+stores), where a manifest written last plays the rename's part. A build split across workers writes
+shards (`write_shard`) and one `commit` makes them an entry.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ MANIFEST = "manifest.json"
 class CacheStorage(Protocol):
     """A keyed store of cache entries; every method names the entry by its key."""
 
-    def location(self, key: str) -> Path:
+    def location(self, key: str) -> Path | str:
         """Where the entry of `key` is (or would be): shown to users, recorded in `CacheInfo.path`."""
 
     def has_entries(self) -> bool:
@@ -44,6 +45,13 @@ class CacheStorage(Protocol):
 
     def write(self, key: str, fields: dict[str, Any], tables: dict[str, pa.Table], extra: dict) -> Path:
         """Store an entry whole (a valid one already there is kept); its location."""
+
+    def write_shard(self, key: str, split: str, shard: int, table: pa.Table) -> dict:
+        """Store one shard of a build split across workers (rows of `split` in index order, `index` column
+        global); a record for `commit`. Invisible to readers until then."""
+
+    def commit(self, key: str, fields: dict[str, Any], shards: list[dict], extra: dict) -> Path | str:
+        """Make the entry of `shards` (records of `write_shard`) visible whole, as `write` does."""
 
 
 class LocalCacheStorage:
@@ -63,6 +71,25 @@ class LocalCacheStorage:
 
     def write(self, key: str, fields: dict[str, Any], tables: dict[str, pa.Table], extra: dict) -> Path:
         return write_cache(self.root, key, fields, tables, extra)
+
+    def write_shard(self, key: str, split: str, shard: int, table: pa.Table) -> dict:
+        """One shard of a build split across workers, kept under `<root>/.shards-<key>/` until `commit`."""
+        target = self.root / f".shards-{key}" / f"{split}-{shard:05d}-{uuid.uuid4().hex[:12]}.parquet"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, target)
+        return {"split": split, "shard": shard, "name": target.name, "rows": table.num_rows}
+
+    def commit(self, key: str, fields: dict[str, Any], shards: list[dict], extra: dict) -> Path:
+        """The shards joined per split, in shard order, written as one entry (`write`); the shards removed."""
+        folder = self.root / f".shards-{key}"
+        parts: dict[str, list[pa.Table]] = {}
+        for record in sorted(shards, key=lambda r: (r["split"], r["shard"])):
+            parts.setdefault(record["split"], []).append(pq.read_table(folder / record["name"]))
+        try:
+            return self.write(key, fields, {s: pa.concat_tables(t).combine_chunks() for s, t in parts.items()}, extra)
+        finally:
+            for record in shards:
+                (folder / record["name"]).unlink(missing_ok=True)
 
 
 def _fsync_dir(path: Path) -> None:
