@@ -27,8 +27,10 @@ class MlflowServer:
     """`mlflow server` with one uvicorn worker; `stop()` then `start()` brings it back on the same port
     and store, as an operator's restart would."""
 
-    def __init__(self, workdir: Path, backend_store_uri: str, port: int | None = None, workers: int = 1):
+    def __init__(self, workdir: Path, backend_store_uri: str, port: int | None = None, workers: int = 1,
+                 extra_args: tuple[str, ...] = (), env: dict | None = None):
         self.workdir = Path(workdir)
+        self.extra_args, self.env = tuple(extra_args), dict(env or {})  # e.g. ("--app-name", "basic-auth")
         self.workers = workers
         self.backend_store_uri = backend_store_uri
         self.port = port or free_port()
@@ -40,9 +42,9 @@ class MlflowServer:
     def start(self, timeout_s: float = 90) -> MlflowServer:
         cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
                "--workers", str(self.workers), "--backend-store-uri", self.backend_store_uri,
-               "--artifacts-destination", str(self.artifacts)]  # fmt: skip
+               "--artifacts-destination", str(self.artifacts), *self.extra_args]  # fmt: skip
         # No job-runner processes: they are not needed to log runs and outlive the server on SIGTERM.
-        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **self.env}
         with self.log_path.open("a") as log:
             self.proc = subprocess.Popen(
                 cmd, cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
