@@ -25,7 +25,7 @@ lint: setup
 	$(VENV)/bin/ruff check .
 
 test: setup lint
-	$(PY) -m pytest -q --timeout=900
+	$(PY) -m pytest -q --timeout=900 --durations=25
 
 $(TINY_MODEL)/config.json: | $(STAMP)
 	$(VENV)/bin/prefsweep make-tiny-model $(TINY_MODEL) --data data/dpo_en_demo.json --vocab-size 1024 --seed 0 \
