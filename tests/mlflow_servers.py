@@ -28,25 +28,26 @@ class MlflowServer:
     and store, as an operator's restart would."""
 
     def __init__(self, workdir: Path, backend_store_uri: str, port: int | None = None, workers: int = 1,
-                 artifacts: str | None = None, env: dict[str, str] | None = None):
+                 artifacts: str | None = None, env: dict[str, str] | None = None,
+                 extra_args: tuple[str, ...] = ()):
         """artifacts: the artifact store the server proxies (default a local folder; e.g. `s3://...`, with
         its endpoint and credentials in `env`, which is added to the server's environment)."""
         self.workdir = Path(workdir)
+        self.extra_args, self.env = tuple(extra_args), dict(env or {})  # e.g. ("--app-name", "basic-auth")
         self.workers = workers
         self.backend_store_uri = backend_store_uri
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.artifacts = artifacts or self.workdir / "server-artifacts"
-        self.env = env or {}
         self.log_path = self.workdir / f"mlflow-server-{self.port}.log"
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout_s: float = 90) -> MlflowServer:
         cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
                "--workers", str(self.workers), "--backend-store-uri", self.backend_store_uri,
-               "--artifacts-destination", str(self.artifacts)]  # fmt: skip
+               "--artifacts-destination", str(self.artifacts), *self.extra_args]  # fmt: skip
         # No job-runner processes: they are not needed to log runs and outlive the server on SIGTERM.
-        env = {**os.environ, **self.env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **self.env}
         with self.log_path.open("a") as log:
             self.proc = subprocess.Popen(
                 cmd, cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True

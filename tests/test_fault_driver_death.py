@@ -67,9 +67,9 @@ def has_checkpoint(exp: Path, trial: str) -> bool:
         return False
 
 
-def mlflow_runs(store: str) -> tuple[list, list]:
+def mlflow_runs(store: str, name: str = NAME) -> tuple[list, list]:
     client = MlflowClient(store)
-    experiment = client.get_experiment_by_name(NAME)
+    experiment = client.get_experiment_by_name(name)
     if experiment is None:
         return [], []
     runs = client.search_runs([experiment.experiment_id])

@@ -59,9 +59,11 @@ def uninterrupted(tiny, tmp_path_factory) -> Path:
     return out
 
 
-def run_killed(tiny, tmp_path: Path, tracking: dict | None = None, **overrides) -> tuple[Path, list[int], object]:
+def run_killed(tiny, tmp_path: Path, tracking: dict | None = None, callbacks=(),
+               **overrides) -> tuple[Path, list[int], object]:
     """2 Ray workers, `max_failures: 1`; rank 1 SIGKILLs itself after step KILL_STEP, first attempt only.
-    `tracking`: the MLflow callback's arguments (`make_torch_trainer`), or None."""
+    `tracking`: the MLflow callback's arguments (`make_torch_trainer`), or None; `callbacks`: more
+    per-worker callback factories (called with the rank)."""
     out, faults = tmp_path / "killed", tmp_path / "faults"
     faults.mkdir()
     marker, events = faults / "killed.pid", faults / "steps.txt"
@@ -70,6 +72,7 @@ def run_killed(tiny, tmp_path: Path, tracking: dict | None = None, **overrides) 
                ray={"num_workers": 2, "max_failures": 1, "storage_path": str(tmp_path / "ray_results")})
     )
     trainer = train.make_torch_trainer(cfg, name="worker-death", tracking=tracking)
+    trainer.train_loop_config["loop"].callbacks += list(callbacks)
     trainer.train_loop_config["loop"].callbacks.append(
         functools.partial(FaultInjectionCallback, kill_step=KILL_STEP, kill_rank=1, marker=str(marker),
                           events=str(events)))

@@ -32,7 +32,9 @@ from tests.s3_server import S3Server
 from tests.test_fault_driver_death import one_value_per_step
 from tests.test_ray_sweep import BIN, REPO, base_config
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.skipif(
+    os.environ.get("PREFSWEEP_CLUSTER_TESTS") != "1",
+    reason="the S3 sweep with driver kill and resume takes ~2-8 min on 2 cores, more than CI's 25-minute budget leaves; run with PREFSWEEP_CLUSTER_TESTS=1")]
 
 NAME = "s3sweep"
 BUCKET = "prefsweep-e2e"
