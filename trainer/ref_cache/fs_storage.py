@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 
 from trainer.data.collator import reference_column_names
 from trainer.ref_cache.info import CacheInvalid, say
-from trainer.ref_cache.storage import MANIFEST, LocalCacheStorage
+from trainer.ref_cache.storage import MANIFEST, LocalCacheStorage, manifest_files
 
 
 def is_uri(root: str | Path) -> bool:
@@ -101,12 +101,7 @@ class ArrowCacheStorage:
         return manifest
 
     def read(self, key: str, fields: dict[str, Any], rows: dict[str, int]) -> dict[str, pa.Table]:
-        manifest = self._manifest(key)
-        if manifest.get("key_fields") != fields:
-            raise CacheInvalid("manifest key fields differ from this run's")
-        files = manifest.get("files")
-        if not isinstance(files, dict) or set(files) != set(rows):
-            raise CacheInvalid(f"manifest lists splits {sorted(files or {})}, expected {sorted(rows)}")
+        files = manifest_files(self._manifest(key), fields, rows)
         columns = ["index", *reference_column_names(fields["stage"])]
         tables = {}
         for split, expected in rows.items():

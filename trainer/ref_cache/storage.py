@@ -100,6 +100,17 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def manifest_files(manifest: Any, fields: dict[str, Any], rows: dict[str, int]) -> dict[str, Any]:
+    """The manifest's per-split `files`, once its key fields are this run's and it lists exactly `rows`' splits
+    (every storage backend's check before it reads a table)."""
+    if not isinstance(manifest, dict) or manifest.get("key_fields") != fields:
+        raise CacheInvalid("manifest key fields differ from this run's")
+    files = manifest.get("files")
+    if not isinstance(files, dict) or set(files) != set(rows):
+        raise CacheInvalid(f"manifest lists splits {sorted(files or {})}, expected {sorted(rows)}")
+    return files
+
+
 def read_cache(path: Path, fields: dict[str, Any], rows: dict[str, int]) -> dict[str, pa.Table]:
     """The tables of a valid cache directory. Raises FileNotFoundError if there is none, CacheInvalid if
     it must not be read. Each file is read once: its bytes are checksummed, then parsed."""
@@ -110,11 +121,7 @@ def read_cache(path: Path, fields: dict[str, Any], rows: dict[str, int]) -> dict
         manifest = json.loads(manifest_path.read_bytes())
     except (OSError, ValueError) as err:
         raise CacheInvalid(f"unreadable manifest ({err})") from None
-    if not isinstance(manifest, dict) or manifest.get("key_fields") != fields:
-        raise CacheInvalid("manifest key fields differ from this run's")
-    files = manifest.get("files")
-    if not isinstance(files, dict) or set(files) != set(rows):
-        raise CacheInvalid(f"manifest lists splits {sorted(files or {})}, expected {sorted(rows)}")
+    files = manifest_files(manifest, fields, rows)
     columns = ["index", *reference_column_names(fields["stage"])]
     tables = {}
     for split, expected in rows.items():
