@@ -52,20 +52,7 @@ class MlflowServer:
             self.proc = subprocess.Popen(
                 cmd, cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"mlflow server exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        return self
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"mlflow server not healthy in {timeout_s} s:\n{self.log()}")
-            time.sleep(0.25)
+        return wait_until_up(self, "/health", "mlflow server", timeout_s)
 
     def stop(self) -> None:
         if self.proc is None:
@@ -150,3 +137,22 @@ class Postgres:
                 except (ProcessLookupError, ValueError):
                     pass
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def wait_until_up(server, path: str, what: str, timeout_s: float, poll_s: float = 0.25):
+    """Poll `server.url + path` until it answers 200; stop `server` and raise with its log if its process
+    exits or `timeout_s` passes. Returns `server`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if server.proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {server.proc.returncode}:\n{server.log()}")
+        try:
+            with urllib.request.urlopen(f"{server.url}{path}", timeout=2) as response:
+                if response.status == 200:
+                    return server
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            server.stop()
+            raise RuntimeError(f"{what} not up in {timeout_s} s:\n{server.log()}")
+        time.sleep(poll_s)

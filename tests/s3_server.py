@@ -10,11 +10,9 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
-from tests.mlflow_servers import free_port
+from tests.mlflow_servers import free_port, wait_until_up
 
 REGION = "us-east-1"
 
@@ -48,19 +46,7 @@ class S3Server:
         with self.log_path.open("a") as log:
             self.proc = subprocess.Popen([binary, "-H", "127.0.0.1", "-p", str(self.port)], cwd=self.workdir,
                                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"moto_server exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/moto-api/", timeout=2):
-                    return self
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"moto_server not up in {timeout_s} s:\n{self.log()}")
-            time.sleep(0.2)
+        return wait_until_up(self, "/moto-api/", "moto_server", timeout_s, poll_s=0.2)
 
     def make_bucket(self, name: str) -> str:
         """Create bucket `name` through pyarrow (as the product reaches S3); its `s3://` URI."""
