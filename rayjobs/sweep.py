@@ -4,12 +4,12 @@
     ---------------------            ---------------------------          -----------------
     load_sweep: validate spec,       trial_driver(config)                 run_training(...)
       every corner config            -> TorchTrainer(callbacks=           -> RayReportCallback
-    MLflow parent run                     [TuneReportCallback])              (every log step)
+    MLflow parent run                     [QueueReportCallback])              (every log step)
     Tuner(trial_driver).fit()            .fit()                           -> MLflow child run
     leaderboard -> MLflow + terminal
 
 This is Ray Train V2's Tune pattern: a trial is a small driver that builds a `TorchTrainer`; the
-trial's workers report every logging step, `TuneReportCallback` forwards rank 0's reports to Tune,
+trial's workers report every logging step, `QueueReportCallback` forwards rank 0's reports to Tune,
 so ASHA can stop a trial between evaluations. The trial driver itself asks Tune for no CPU (it only
 waits on its workers), and at most as many trials run at once as the cluster can hold workers for
 (`max_concurrent_trials`), so no trial sits on a half-started worker group.
@@ -79,9 +79,10 @@ def trial_driver(config: dict, *, base: TrainConfig, storage: str, sweep_name: s
     `resume` (a restored sweep): continue from the latest checkpoint of this trial's Ray Train run.
     """
     from ray import tune
-    from ray.tune.integration.ray_train import TuneReportCallback
+    from ray.util.queue import Queue
 
     from rayjobs.train import make_torch_trainer
+    from rayjobs.tune_forward import QueueReportCallback, fit_and_forward
 
     name = tune.get_context().get_trial_name()
     # resume: what a killed run left in its output dir is its own: resumed below, or started over
@@ -96,11 +97,14 @@ def trial_driver(config: dict, *, base: TrainConfig, storage: str, sweep_name: s
         name=TRAIN_RUN_NAME,
         storage_path=trial_storage,
         tracking={**tracking, "run_name": name} if tracking else None,
-        callbacks=[TuneReportCallback()],
+        callbacks=[QueueReportCallback(reports := Queue(1, actor_options={"num_cpus": 0}))],
         metric=metric,
         invocation=invocation,
     )
-    trainer.fit()
+    try:  # not Ray's TuneReportCallback: its last report can hang the trial (see rayjobs.tune_forward)
+        fit_and_forward(trainer.fit, reports, tune.report)
+    finally:
+        reports.shutdown()
 
 
 def trial_namer(base: dict):
