@@ -30,6 +30,22 @@ LOCAL_ENV = {
     # Ray Train's preemption watcher (an extra actor process per run) watches for spot nodes being
     # drained; a laptop has none, and on 2 cores the process costs each trial seconds.
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+    # Ray Train's controller and worker metric callbacks update Prometheus gauges at every poll of the
+    # workers; nothing scrapes a private local Ray (read by the driver that builds the TorchTrainer).
+    "RAY_TRAIN_METRICS_ENABLED": "0",
+    # Ray's usage-stats reporter (a dashboard module) would gather and try to send cluster facts.
+    "RAY_USAGE_STATS_ENABLED": "0",
+}
+# Raylet/GCS settings of a private local Ray (`ray.init(_system_config=...)`; a config's own
+# `ray.init_kwargs._system_config` keys win). Measured with psutil over the run's processes (issue 19).
+LOCAL_SYSTEM_CONFIG = {
+    # When the first driver connects the raylet starts one idle worker per CPU for the job's runtime env.
+    # Ray Train's controller always runs in a runtime env of its own (it passes env_vars) and every actor
+    # it starts inherits it, so none of those workers is ever leased: two wasted Python starts on 2 cores.
+    "prestart_worker_first_driver": False,
+    # Every Ray process records and exports Prometheus metrics to the dashboard agent; nothing reads them
+    # on a private local Ray.
+    "enable_metrics_collection": False,
 }
 
 
@@ -80,8 +96,10 @@ def ensure_ray(*, num_cpus: int | None = None, num_gpus: int | None = None, log_
         return "attached"
     for key, value in LOCAL_ENV.items():
         os.environ.setdefault(key, value)
+    system_config = {**LOCAL_SYSTEM_CONFIG, **(extra.pop("_system_config", None) or {})}
     runtime_env = dict(extra.pop("runtime_env", None) or {})
-    runtime_env["env_vars"] = {"PYTHONPATH": _worker_pythonpath(), **LOCAL_ENV, **runtime_env.get("env_vars", {})}
+    local_env = {key: os.environ[key] for key in LOCAL_ENV}  # the user's own value where set
+    runtime_env["env_vars"] = {"PYTHONPATH": _worker_pythonpath(), **local_env, **runtime_env.get("env_vars", {})}
     ray.init(**{
         "address": "local",
         "num_cpus": num_cpus,
@@ -90,6 +108,7 @@ def ensure_ray(*, num_cpus: int | None = None, num_gpus: int | None = None, log_
         "dashboard_host": LOOPBACK,
         "_node_ip_address": LOOPBACK,
         "runtime_env": runtime_env,
+        "_system_config": system_config,
         "logging_level": logging.WARNING,
         "log_to_driver": log_to_driver,
         **extra,
