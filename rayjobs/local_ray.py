@@ -46,6 +46,12 @@ LOCAL_SYSTEM_CONFIG = {
     # Every Ray process records and exports Prometheus metrics to the dashboard agent; nothing reads them
     # on a private local Ray.
     "enable_metrics_collection": False,
+    # Ray starts workers 15 nice levels below the raylet (`nice(15)`, so that its daemons always win the CPU).
+    # Here the worker is the training run the user launched, on the user's own machine: at nice 15 every
+    # wake-up of the driver, raylet, GCS or dashboard preempts one of its torch threads and stalls the
+    # other at the next barrier, and any other program the user runs comes first. The in-process run
+    # (`use_ray: false`) trains at the user's own priority; so does a worker of a local Ray now.
+    "worker_niceness": 0,
 }
 
 

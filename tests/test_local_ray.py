@@ -25,11 +25,12 @@ def init_calls(monkeypatch):
     return calls
 
 
-def test_local_ray_starts_without_prestarted_workers_or_metrics(init_calls):
+def test_local_ray_starts_without_prestarted_workers_or_metrics_and_trains_at_the_users_priority(init_calls):
     assert local_ray.ensure_ray(num_cpus=2) == "local"
     (kwargs,) = init_calls
     assert kwargs["address"] == "local" and kwargs["num_cpus"] == 2
-    assert kwargs["_system_config"] == {"prestart_worker_first_driver": False, "enable_metrics_collection": False}
+    assert kwargs["_system_config"] == {"prestart_worker_first_driver": False, "enable_metrics_collection": False,
+                                        "worker_niceness": 0}
     # Ray Train reads these in the process that builds the TorchTrainer (the driver, or a Tune trial's actor,
     # which gets them from the job's runtime env)
     for key, value in {"RAY_TRAIN_METRICS_ENABLED": "0", "RAY_USAGE_STATS_ENABLED": "0",
@@ -43,7 +44,7 @@ def test_a_configs_init_kwargs_system_config_wins_key_by_key(init_calls):
     local_ray.ensure_ray(init_kwargs={"_system_config": {"enable_metrics_collection": True, "event_stats": False}})
     (kwargs,) = init_calls
     assert kwargs["_system_config"] == {"prestart_worker_first_driver": False, "enable_metrics_collection": True,
-                                        "event_stats": False}
+                                        "worker_niceness": 0, "event_stats": False}
 
 
 def test_a_users_environment_wins_over_the_local_defaults(init_calls, monkeypatch):
