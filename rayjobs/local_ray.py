@@ -4,9 +4,11 @@
   runtime env (working dir, env vars) already reaches every worker.
 - Not set: start a local Ray inside this process. `address="local"` on purpose: a bare `ray.init()`
   would attach to any other Ray that happens to run on this machine (another user's `ray start`).
-  The node is told to use the loopback address and the dashboard listens on 127.0.0.1 only (Ray
-  Train's state queries go through it; without it the placement-group cleaner complains every
-  second). Ray's gRPC ports still listen on all interfaces, which is why token authentication stays
+  The node is told to use the loopback address and the dashboard listens on 127.0.0.1 only. The
+  dashboard stays although it is 10 processes: Ray Train's placement-group cleaner asks its state API
+  every second whether the controller lives; without it (Ray 2.60, checked) the query looks for a Ray
+  on this machine instead and the cleaner dies ("Found multiple active Ray instances" when another
+  user's Ray runs). Ray's gRPC ports still listen on all interfaces, which is why token authentication stays
   on: with `RAY_AUTH_MODE` unset we set it to `token`, and Ray creates `~/.ray/auth_token` on first
   use (or reads the file named by `RAY_AUTH_TOKEN_PATH`).
 
