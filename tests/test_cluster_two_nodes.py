@@ -22,6 +22,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from pathlib import Path
 
 import psutil
@@ -452,7 +453,8 @@ def test_32_short_trials_4_at_a_time_lose_no_point_and_the_driver_stays_flat(clu
     for child in children:
         assert child.info.status == "FINISHED", child.info.run_name
         expected = expected_points(tmp_path / "outputs" / child.info.run_name)
-        got = server_points(client, child.info.run_id)
+        # system/* points come from MLflow's own monitor (sampled, not spooled), when a trial outlives its interval
+        got = Counter({p: n for p, n in server_points(client, child.info.run_id).items() if not p[0].startswith("system/")})
         lost += sum((expected - got).values())
         extra += sum((got - expected).values())
         assert {k for k, _, _ in expected} >= {"loss", "rewards/accuracies"}
