@@ -130,24 +130,41 @@ class SweepParent:
         item = parent_run.leaderboard_item(trials, metric=metric, mode=mode, sweep_id=self.sweep_id)
         spool, sender = self._spool, self._sender
         try:
+            trials_sent = self._send_trial_leftovers(timeout_s / 2)
             self._put(item)
             self._put({"op": "end", "status": status})
             self.delivered = sender.flush(timeout_s)
         finally:
             sender.stop()
             spool.close()
-        if self.delivered:
+        if self.delivered and trials_sent:
             return sender.delivery.leaderboard or parent_run.local_text(item)
         unsent = spool.state.unsent()
-        print(
-            f"prefsweep: MLflow at {self.record['tracking_uri']} did not take the sweep's parent run "
-            f"({'run ' + self.run_id if self.run_id else 'not created yet'}): its {len(unsent)} items "
-            f"(start, spec, leaderboard, plots, best config, status {status}) are spooled in {spool.path}. "
-            f"When the server is back, send them (and any trial's unsent points) with:\n"
-            f"  {self.sync_command()}",
-            file=sys.stderr, flush=True,
-        )  # fmt: skip
-        return parent_run.local_text(item)
+        what = (f"the sweep's parent run ({'run ' + self.run_id if self.run_id else 'not created yet'}): its "
+                f"{len(unsent)} items (start, spec, leaderboard, plots, best config, status {status}) are spooled "
+                f"in {spool.path}" if unsent else "some trials' points: they are spooled in their output dirs")
+        print(f"prefsweep: MLflow at {self.record['tracking_uri']} did not take {what}. When the server is back, "
+              f"send them with:\n  {self.sync_command()}", file=sys.stderr, flush=True)  # fmt: skip
+        return sender.delivery.leaderboard or parent_run.local_text(item)
+
+    def _send_trial_leftovers(self, timeout_s: float) -> bool:
+        """Send what trials left in their spools (a trial that ended while the store was down gave up after
+        its own flush timeout; the store may be back by now), before the leaderboard reads their runs. Every
+        trial has ended, so this is `prefsweep mlflow-sync` on their output dirs; stops at the first spool
+        that cannot be sent (the store is down: the printed command sends the rest). True: nothing is left."""
+        from rayjobs.tracking.sync import find_spools, sync_spool
+
+        own = self._spool.path.resolve()
+        for path in find_spools([str(self.output_dir)]) if self.output_dir.is_dir() else []:
+            state = spool_file.SpoolState.load(path)
+            if path.resolve() == own or state.header.get("kind") == "sweep" or not state.unsent():
+                continue
+            result = sync_spool(path, timeout_s=timeout_s)
+            if result.error:
+                logger.warning("MLflow: %s not sent yet: %s", path, result.error)
+                return False
+            print(f"prefsweep: sent {result.points_sent} metric points a trial left in {path}", flush=True)
+        return True
 
     def sync_command(self) -> str:
         """The `prefsweep mlflow-sync` that sends the trials' and the parent's spools (the parent's last)."""
