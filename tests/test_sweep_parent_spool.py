@@ -188,3 +188,31 @@ def test_down_past_the_end_the_printed_sync_command_delivers_once(store, tmp_pat
     assert mlflow_sync.main(argv) == 0  # again: nothing doubled, no second run
     assert check_store(store.url, parent.sweep_id, tmp_path)[1] == points == 2 * 2 * 6
     assert json.loads((exp_path / "prefsweep_parent_run.json").read_text())["sweep_id"] == parent.sweep_id
+
+
+def test_resume_reopens_the_killed_parent_run_and_a_new_sweep_gets_its_own(tmp_path, monkeypatch):
+    """Interrupted (the parent ends KILLED), then `--resume`: the same spool and run go on and end FINISHED,
+    the KILLED end delivered before them; a sweep started again without --resume is a new parent run."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", EXPERIMENT)
+    exp_path, out = str(tmp_path / "ray" / "outage-sweep"), tmp_path / "saves"
+    first = SweepParent.start(SPEC, exp_path=exp_path, output_dir=out, experiment_id=None, tags={})
+    first.finish([], metric=METRIC, mode="max", status="KILLED")
+    assert first.delivered and first.run_id
+    client = MlflowClient(uri)
+    assert client.get_run(first.run_id).info.status == "KILLED"
+
+    resumed = SweepParent.start(SPEC, exp_path=exp_path, output_dir=out, experiment_id=None, tags={}, resume=True)
+    assert (resumed.sweep_id, resumed.run_id) == (first.sweep_id, first.run_id)
+    resumed.finish([], metric=METRIC, mode="max")
+    assert resumed.delivered
+    experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    assert [(r.info.run_id, r.info.status) for r in client.search_runs([experiment_id])] == [(first.run_id, "FINISHED")]
+    ops = [i["op"] for i in spool_file.SpoolState.load(Path(exp_path) / spool_file.SPOOL_NAME).items]
+    assert ops == ["open", "artifacts", "leaderboard", "end"] * 2
+
+    fresh = SweepParent.start(SPEC, exp_path=exp_path, output_dir=out, experiment_id=None, tags={})
+    fresh.finish([], metric=METRIC, mode="max")
+    assert fresh.sweep_id != first.sweep_id and fresh.run_id not in (None, first.run_id)
+    assert len(client.search_runs([experiment_id])) == 2
