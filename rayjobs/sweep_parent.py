@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import shlex
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -122,18 +123,22 @@ class SweepParent:
 
     def finish(self, trials: list, *, metric: str, mode: str, status: str = "FINISHED",
                timeout_s: float | None = None) -> str:
-        """Spool the leaderboard and the end, wait (up to `timeout_s`, default the flush timeout, while the
-        store fails) for them to be sent, and return the leaderboard as text. Never raises for the store:
-        what is not sent stays spooled, and this prints the `prefsweep mlflow-sync` command that sends it."""
+        """Send what trials left, spool the leaderboard and the end, and return the leaderboard as text.
+        Waits for a failing store at most `timeout_s` (default the flush timeout) in all, plus a second at
+        each of the three steps. Never raises for the store: what is not sent stays spooled, and this
+        prints the `prefsweep mlflow-sync` command that sends it."""
         if timeout_s is None:
             timeout_s = mlflow_spool.FLUSH_TIMEOUT_S if status == "FINISHED" else KILLED_FLUSH_S
+        deadline = time.monotonic() + timeout_s
         item = parent_run.leaderboard_item(trials, metric=metric, mode=mode, sweep_id=self.sweep_id)
         spool, sender = self._spool, self._sender
         try:
-            trials_sent = self._send_trial_leftovers(timeout_s / 2)
+            # The parent's start first: once it is in, the store is up for the trials' leftovers too.
+            sender.flush(max(1.0, deadline - time.monotonic()))
+            trials_sent = self._send_trial_leftovers(max(1.0, deadline - time.monotonic()))
             self._put(item)
             self._put({"op": "end", "status": status})
-            self.delivered = sender.flush(timeout_s)
+            self.delivered = sender.flush(max(1.0, deadline - time.monotonic()))
         finally:
             sender.stop()
             spool.close()

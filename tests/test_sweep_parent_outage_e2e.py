@@ -4,8 +4,9 @@ store holds one parent run with the spec, leaderboard and best metric, FINISHED,
 trials with every point their trainers logged, once.
 
 The outage is PREFSWEEP_PARENT_OUTAGE_S from the sweep's start (default 20 s in CI: past the driver's start,
-into the trials; issue 13's 60 s was run by hand with PREFSWEEP_PARENT_OUTAGE_S=60). The direct tests of the
-same code, without Ray, are in tests/test_sweep_parent_spool.py.
+into the trials; issue 13's 60 s was run by hand with PREFSWEEP_PARENT_OUTAGE_S=60 and
+PREFSWEEP_PARENT_OUTAGE_STEPS=200, so the trials outlast it). The direct tests of the same code, without Ray,
+are in tests/test_sweep_parent_spool.py.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from tests.test_mlflow_outage import expected_points, server_points
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 OUTAGE_S = float(os.environ.get("PREFSWEEP_PARENT_OUTAGE_S", "20"))
+STEPS = int(os.environ.get("PREFSWEEP_PARENT_OUTAGE_STEPS", "4"))  # more: trials that outlast a long outage
 METRIC = "eval_rewards/accuracies"
 
 
@@ -45,7 +47,8 @@ def test_a_sweep_started_in_an_outage_finishes_with_one_parent_and_every_point(l
             "dataset": "pairs", "dataset_dir": str(tiny["data"]), "template": "default", "cutoff_len": 64,
             "val_size": 4, "output_dir": str(tmp_path / "saves"), "per_device_train_batch_size": 2,
             "per_device_eval_batch_size": 2, "learning_rate": 1e-3, "lr_scheduler_type": "constant",
-            "max_steps": 4, "logging_steps": 1, "eval_strategy": "steps", "eval_steps": 2, "save_strategy": "no",
+            "max_steps": STEPS, "logging_steps": 1, "eval_strategy": "steps", "eval_steps": STEPS // 2,
+            "save_strategy": "no",
             "report_to": "none", "seed": 3,
         },
         "space": {"pref_beta": {"grid": [0.1, 0.3]}},
