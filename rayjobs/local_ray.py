@@ -4,9 +4,11 @@
   runtime env (working dir, env vars) already reaches every worker.
 - Not set: start a local Ray inside this process. `address="local"` on purpose: a bare `ray.init()`
   would attach to any other Ray that happens to run on this machine (another user's `ray start`).
-  The node is told to use the loopback address and the dashboard listens on 127.0.0.1 only (Ray
-  Train's state queries go through it; without it the placement-group cleaner complains every
-  second). Ray's gRPC ports still listen on all interfaces, which is why token authentication stays
+  The node is told to use the loopback address and the dashboard listens on 127.0.0.1 only. The
+  dashboard stays although it is 10 processes: Ray Train's placement-group cleaner asks its state API
+  every second whether the controller lives; without it (Ray 2.60, checked) the query looks for a Ray
+  on this machine instead and the cleaner dies ("Found multiple active Ray instances" when another
+  user's Ray runs). Ray's gRPC ports still listen on all interfaces, which is why token authentication stays
   on: with `RAY_AUTH_MODE` unset we set it to `token`, and Ray creates `~/.ray/auth_token` on first
   use (or reads the file named by `RAY_AUTH_TOKEN_PATH`).
 
@@ -30,6 +32,28 @@ LOCAL_ENV = {
     # Ray Train's preemption watcher (an extra actor process per run) watches for spot nodes being
     # drained; a laptop has none, and on 2 cores the process costs each trial seconds.
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+    # Ray Train's controller and worker metric callbacks update Prometheus gauges at every poll of the
+    # workers; nothing scrapes a private local Ray (read by the driver that builds the TorchTrainer).
+    "RAY_TRAIN_METRICS_ENABLED": "0",
+    # Ray's usage-stats reporter (a dashboard module) would gather and try to send cluster facts.
+    "RAY_USAGE_STATS_ENABLED": "0",
+}
+# Raylet/GCS settings of a private local Ray (`ray.init(_system_config=...)`; a config's own
+# `ray.init_kwargs._system_config` keys win). Measured with psutil over the run's processes (issue 19).
+LOCAL_SYSTEM_CONFIG = {
+    # When the first driver connects the raylet starts one idle worker per CPU for the job's runtime env.
+    # Ray Train's controller always runs in a runtime env of its own (it passes env_vars) and every actor
+    # it starts inherits it, so none of those workers is ever leased: two wasted Python starts on 2 cores.
+    "prestart_worker_first_driver": False,
+    # Every Ray process records and exports Prometheus metrics to the dashboard agent; nothing reads them
+    # on a private local Ray.
+    "enable_metrics_collection": False,
+    # Ray starts workers 15 nice levels below the raylet (`nice(15)`, so that its daemons always win the CPU).
+    # Here the worker is the training run the user launched, on the user's own machine: at nice 15 every
+    # wake-up of the driver, raylet, GCS or dashboard preempts one of its torch threads and stalls the
+    # other at the next barrier, and any other program the user runs comes first. The in-process run
+    # (`use_ray: false`) trains at the user's own priority; so does a worker of a local Ray now.
+    "worker_niceness": 0,
 }
 
 
@@ -80,8 +104,10 @@ def ensure_ray(*, num_cpus: int | None = None, num_gpus: int | None = None, log_
         return "attached"
     for key, value in LOCAL_ENV.items():
         os.environ.setdefault(key, value)
+    system_config = {**LOCAL_SYSTEM_CONFIG, **(extra.pop("_system_config", None) or {})}
     runtime_env = dict(extra.pop("runtime_env", None) or {})
-    runtime_env["env_vars"] = {"PYTHONPATH": _worker_pythonpath(), **LOCAL_ENV, **runtime_env.get("env_vars", {})}
+    local_env = {key: os.environ[key] for key in LOCAL_ENV}  # the user's own value where set
+    runtime_env["env_vars"] = {"PYTHONPATH": _worker_pythonpath(), **local_env, **runtime_env.get("env_vars", {})}
     ray.init(**{
         "address": "local",
         "num_cpus": num_cpus,
@@ -90,6 +116,7 @@ def ensure_ray(*, num_cpus: int | None = None, num_gpus: int | None = None, log_
         "dashboard_host": LOOPBACK,
         "_node_ip_address": LOOPBACK,
         "runtime_env": runtime_env,
+        "_system_config": system_config,
         "logging_level": logging.WARNING,
         "log_to_driver": log_to_driver,
         **extra,
