@@ -216,3 +216,18 @@ def test_resume_reopens_the_killed_parent_run_and_a_new_sweep_gets_its_own(tmp_p
     fresh.finish([], metric=METRIC, mode="max")
     assert fresh.sweep_id != first.sweep_id and fresh.run_id not in (None, first.run_id)
     assert len(client.search_runs([experiment_id])) == 2
+
+
+def test_a_reloaded_spool_keeps_every_item_kind(tmp_path):
+    """`mlflow-sync` and a resumed sender read the spool file back: a trial's `outputs` item and a parent's
+    `leaderboard` item must come back with it, in order (a kind missing from ITEM_OPS was silently skipped)."""
+    spool = spool_file.Spool.open(tmp_path, {"run_name": "r", "spool_id": "s1"})
+    for record in ({"op": "metrics", "metrics": [["loss", 0.5, 1, 1]]}, {"op": "outputs", "table": None},
+                   {"op": "leaderboard", "trials": []}, {"op": "end", "status": "FINISHED"}):
+        spool.append(record)
+    spool.close()
+    state = spool_file.SpoolState.load(tmp_path / spool_file.SPOOL_NAME)
+    assert [(i["seq"], i["op"]) for i in state.unsent()] == [
+        (1, "open"), (2, "metrics"), (3, "outputs"), (4, "leaderboard"), (5, "end")
+    ]
+    assert state.header["spool_id"] == "s1"  # the id the caller chose (a sweep's), not a random one
