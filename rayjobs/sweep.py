@@ -38,7 +38,7 @@ from pathlib import Path
 
 from rayjobs.background import in_background
 from rayjobs.sweep_interrupt import Interrupted, SweepInterrupts, exit_code, resume_command
-from rayjobs.sweep_state import previous_invocation, read_parent_run, write_parent_run
+from rayjobs.sweep_state import previous_invocation
 from sweeps.spec import SweepSpec, load_sweep
 from sweeps.trials import trial_name, trial_overrides
 from trainer.config import TrainConfig, apply_overrides, with_overrides
@@ -202,8 +202,9 @@ def run(source: str | Path | dict, overrides: list[str] = (), *, worker_logs: bo
     from ray import tune
 
     from rayjobs.local_ray import cluster_resources, ensure_ray
-    from rayjobs.tracking import parent_run as sweep_parent_run
+    from rayjobs.sweep_parent import SweepParent
     from rayjobs.tracking import store as mlflow_store
+    from rayjobs.tracking.tags import TAG_SWEEP_ID
 
     if base_cfg.ray.run_name:
         raise ConfigError("ray_run_name / ray.run_name names the Ray Train run of `prefsweep train`; a sweep names "
@@ -226,35 +227,22 @@ def run(source: str | Path | dict, overrides: list[str] = (), *, worker_logs: bo
 
         base_cfg = cache_under_storage(base_cfg, storage if spec.storage_path else None)
     # The MLflow store's set-up (a new SQLite store runs its schema migrations: seconds) overlaps the cache
-    # build, which runs in Ray tasks.
-    experiment = in_background(mlflow_store.ensure_experiment)
+    # build, which runs in Ray tasks. None: the store is down; the parent run and the trials resolve it later.
+    experiment = in_background(mlflow_store.try_ensure_experiment)
     cache_infos = build_reference_caches(spec, base_cfg, shards=shards) if spec.reference_cache else []
     mark("sweep_cache_built")
     experiment_id = experiment()
     mark("sweep_mlflow_ready")
-    previous = read_parent_run(exp_path) if resume else None
-    if previous is not None and previous.get("tracking_uri") == mlflow_store.tracking_uri():
-        from mlflow import MlflowClient
-
-        parent_run_id, experiment_id = previous["run_id"], previous.get("experiment_id") or experiment_id
-        MlflowClient(mlflow_store.tracking_uri()).update_run(parent_run_id, status="RUNNING")
-        print(f"prefsweep: resuming sweep {spec.name!r} from {exp_path}; MLflow parent run {parent_run_id}",
-              flush=True)
-    else:
-        if resume:
-            logger.warning("no MLflow parent run recorded in %s for this tracking store: a new one is started",
-                           exp_path)
-        parent_run_id = sweep_parent_run.start_sweep_parent(
-            spec.source, spec.path, experiment_id=experiment_id, run_name=spec.name,
-            tags=reference_cache_tags(cache_infos),
-        )
-        write_parent_run(exp_path, {"run_id": parent_run_id, "experiment_id": experiment_id,
-                                    "tracking_uri": mlflow_store.tracking_uri()})
+    parent = SweepParent.start(spec, exp_path=exp_path, output_dir=base_cfg.output_dir, experiment_id=experiment_id,
+                               tags=reference_cache_tags(cache_infos), resume=resume)  # fmt: skip
+    if resume:
+        print(f"prefsweep: resuming sweep {spec.name!r} from {exp_path}; MLflow parent run "
+              f"{parent.run_id or '(spooled, not created yet)'}", flush=True)  # fmt: skip
     from rayjobs.train import tracking_args
 
-    tracking = tracking_args(
-        run_name="", experiment_id=experiment_id, parent_run_id=parent_run_id, log_model=spec.log_model
-    )
+    tracking = tracking_args(run_name="", experiment_id=parent.record["experiment_id"] or experiment_id,
+                             parent_run_id=parent.run_id, log_model=spec.log_model)  # fmt: skip
+    tracking["tags"][TAG_SWEEP_ID] = parent.sweep_id  # links trials started before the parent run exists
     trainable = tune.with_resources(
         tune.with_parameters(trial_driver, base=base_cfg, storage=storage, sweep_name=spec.name, metric=spec.metric,
                              tracking=tracking, resume=resume),
@@ -271,15 +259,17 @@ def run(source: str | Path | dict, overrides: list[str] = (), *, worker_logs: bo
             grid = tuner.fit()
         summaries = trial_summaries(grid, spec, base_cfg) if interrupts.signum is None else []
     except BaseException:
-        sweep_parent_run.finish_sweep_parent(parent_run_id, [], metric=spec.metric, mode=spec.mode, status="KILLED")
+        parent.finish([], metric=spec.metric, mode=spec.mode, status="KILLED")
         raise
     if interrupts.signum is not None:  # Tune saved the sweep's state; --resume finishes it
-        sweep_parent_run.finish_sweep_parent(parent_run_id, [], metric=spec.metric, mode=spec.mode, status="KILLED")
+        parent.finish([], metric=spec.metric, mode=spec.mode, status="KILLED")
         print(f"prefsweep: sweep {spec.name!r} interrupted; its state is in {exp_path}. Finish it with:\n"
               f"  {resume_command(source, overrides, worker_logs=worker_logs)}", file=sys.stderr, flush=True)
         return exit_code(interrupts.signum)
-    board = sweep_parent_run.finish_sweep_parent(parent_run_id, summaries, metric=spec.metric, mode=spec.mode)
-    registered = register_best(spec, parent_run_id, base_cfg.output_dir) if spec.register_best else None
+    board = parent.finish(summaries, metric=spec.metric, mode=spec.mode)
+    registered = None
+    if spec.register_best and parent.delivered:  # it reads the best trial from the parent run in the store
+        registered = register_best(spec, parent.run_id, base_cfg.output_dir)
     errors = [r for r in grid if r.error is not None]
     print(f"\nprefsweep: sweep {spec.name!r} finished: {len(summaries)} trials, {len(errors)} failed")
     print(board)

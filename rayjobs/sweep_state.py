@@ -7,7 +7,8 @@ import json
 import os
 
 PARENT_RUN_FILE = "prefsweep_parent_run.json"
-"""In the sweep's experiment dir: the MLflow parent run a `--resume` reattaches to."""
+"""In the sweep's experiment dir: the MLflow parent run a `--resume` reattaches to (`run_id`, or only the
+`sweep_id` its spool marks it with while the store has not created it yet), its store and experiment."""
 
 
 def _filesystem(path: str):
@@ -48,7 +49,8 @@ def read_parent_run(path: str) -> dict | None:
         record = json.loads(text)
     except ValueError:
         return None
-    return record if isinstance(record, dict) and record.get("run_id") else None
+    # `sweep_id` alone: the first driver spooled its parent run while the store was down (rayjobs.sweep_parent)
+    return record if isinstance(record, dict) and (record.get("run_id") or record.get("sweep_id")) else None
 
 
 def previous_invocation(train_run_path: str) -> str | None:

@@ -26,7 +26,14 @@ from rayjobs.tracking.client import fail_fast_http, is_permanent, with_retries
 from rayjobs.tracking.params import dump_yaml, flatten_params, param_key
 from rayjobs.tracking.runs import open_run
 from rayjobs.tracking.store import experiment_name, resolve_experiment
-from rayjobs.tracking.tags import TAG_DATASET_FINGERPRINT, TAG_KIND, TAG_LOSS, TAG_TRIAL, run_context_tags
+from rayjobs.tracking.tags import (
+    TAG_DATASET_FINGERPRINT,
+    TAG_KIND,
+    TAG_LOSS,
+    TAG_SWEEP_ID,
+    TAG_TRIAL,
+    run_context_tags,
+)
 from trainer.config import REF_CACHE_NAME, RESOLVED_CONFIG_NAME
 
 RUN_FILES = ("trainer_state.json", "all_results.json", "train_results.json", "eval_results.json")
@@ -197,7 +204,8 @@ class MlflowLoggingCallback(TrainerCallback):
         self.run_id = run_id
 
     def _default_tags(self) -> dict[str, str]:
-        tags = {TAG_KIND: "trial" if self.parent_run_id else "run"}
+        trial = self.parent_run_id or TAG_SWEEP_ID in self.tags  # a sweep's trial, its parent known or not yet
+        tags = {TAG_KIND: "trial" if trial else "run"}
         if self.parent_run_id:
             tags[MLFLOW_PARENT_RUN_ID] = self.parent_run_id
         loss = _loss_of(self.config)

@@ -1,8 +1,16 @@
 """A sweep's parent MLflow run: started with the spec, finished with the leaderboard, the comparison plots
-and the best trial's config; its trials are the child runs `rayjobs.tracking.MlflowLoggingCallback` opens."""
+and the best trial's config; its trials are the child runs `rayjobs.tracking.MlflowLoggingCallback` opens.
+
+`start_sweep_parent` / `finish_sweep_parent` write to the store directly. The sweep driver goes through a
+spool instead (`rayjobs.sweep_parent`), whose items are `parent_items` at the start and
+`leaderboard_item` at the end; `deliver_leaderboard` is what the spool's sender runs for the latter, once
+the store answers.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -14,8 +22,17 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from rayjobs.tracking import leaderboard, report_plots
 from rayjobs.tracking.leaderboard import TrialSummary
 from rayjobs.tracking.params import dump_yaml, flatten_params, param_key
-from rayjobs.tracking.store import tracking_uri
+from rayjobs.tracking.store import link_sweep_children, search_all, tracking_uri
 from rayjobs.tracking.tags import TAG_KIND, run_context_tags
+
+SPEC_ARTIFACT = "sweep_spec.yaml"
+
+
+def parent_tags(spec_path: str | None, tags: dict[str, str] | None = None) -> dict[str, str]:
+    tags = {**run_context_tags(), TAG_KIND: "sweep", **(tags or {})}
+    if spec_path:
+        tags["prefsweep.sweep_spec_path"] = str(spec_path)
+    return tags
 
 
 def start_sweep_parent(spec: dict, spec_path: str | None, *, experiment_id: str, run_name: str,
@@ -23,29 +40,15 @@ def start_sweep_parent(spec: dict, spec_path: str | None, *, experiment_id: str,
     """Create the sweep's parent run (left RUNNING): the spec as params and as `sweep_spec.yaml`; `tags`
     added to the context tags."""
     client = MlflowClient(tracking_uri())
-    tags = {**run_context_tags(), TAG_KIND: "sweep", **(tags or {})}
-    if spec_path:
-        tags["prefsweep.sweep_spec_path"] = str(spec_path)
-    run = client.create_run(experiment_id, run_name=run_name, tags=tags)
+    run = client.create_run(experiment_id, run_name=run_name, tags=parent_tags(spec_path, tags))
     run_id = run.info.run_id
     client.log_batch(run_id, params=[Param(k, v) for k, v in flatten_params(spec).items()])
-    client.log_text(run_id, dump_yaml(spec), "sweep_spec.yaml")
+    client.log_text(run_id, dump_yaml(spec), SPEC_ARTIFACT)
     return run_id
 
 
-def _child_runs(client: MlflowClient, parent_run_id: str) -> list:
-    experiment_id = client.get_run(parent_run_id).info.experiment_id
-    runs, token = [], None
-    while True:
-        page = client.search_runs(
-            [experiment_id],
-            filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}'",
-            page_token=token,
-        )
-        runs += list(page)
-        token = page.token
-        if not token:
-            return runs
+def _child_runs(client: MlflowClient, parent_run_id: str, experiment_id: str) -> list:
+    return search_all(client, experiment_id, f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}'")
 
 
 def finish_sweep_parent(
@@ -58,16 +61,39 @@ def finish_sweep_parent(
     status: str = "FINISHED",
 ) -> str:
     """Log the leaderboard (CSV, Markdown), comparison plots and `best_config.yaml` on the parent, end it,
-    and return the leaderboard as terminal text.
+    and return the leaderboard as terminal text (see `log_leaderboard`)."""
+    client = MlflowClient(tracking_uri())
+    text = log_leaderboard(client, parent_run_id, trials, metric=metric, mode=mode, scope=scope)
+    client.set_terminated(parent_run_id, status=status)
+    return text
+
+
+def log_leaderboard(
+    client: MlflowClient,
+    parent_run_id: str,
+    trials: list[TrialSummary],
+    *,
+    metric: str,
+    mode: str,
+    scope: str = "last",
+    sweep_id: str | None = None,
+    timestamp_ms: int | None = None,
+) -> str:
+    """Log the leaderboard, plots, `best_config.yaml`, the best metric and summary tags on the parent; return
+    the leaderboard as terminal text.
 
     Trials are ranked by their final metric (`scope="last"`, Ray Tune's default) or their best one
     (`scope="best"`). A trial without `run_id` is matched to its child run by name; one without a curve
     gets the metric's history from MLflow. Children still RUNNING (stopped by a scheduler, or their
-    workers died) are marked KILLED.
+    workers died) are marked KILLED. `sweep_id`: trials that carry it but not the parent's id yet (created
+    while the parent run did not exist) are made its children first. `timestamp_ms`: of the best-metric
+    point (a spooled item fixes it, so a resend is the same point).
     """
     leaderboard.check_mode(mode, scope)
-    client = MlflowClient(tracking_uri())
-    children = {r.info.run_name: r for r in _child_runs(client, parent_run_id)}
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    if sweep_id:
+        link_sweep_children(client, experiment_id, parent_run_id, sweep_id)
+    children = {r.info.run_name: r for r in _child_runs(client, parent_run_id, experiment_id)}
     filled = []
     for t in trials:
         run = children.get(t.trial)
@@ -102,9 +128,40 @@ def finish_sweep_parent(
             RunTag("prefsweep.best_trial", best.trial),
             RunTag("prefsweep.best_run_id", best.run_id or ""),
         ]
-        metrics.append(
-            Metric(param_key(f"best/{metric}"), leaderboard.score(best, scope), int(time.time() * 1000), 0)
-        )
+        when = timestamp_ms if timestamp_ms is not None else int(time.time() * 1000)
+        metrics.append(Metric(param_key(f"best/{metric}"), leaderboard.score(best, scope), when, 0))
     client.log_batch(parent_run_id, metrics=metrics, tags=tags)
-    client.set_terminated(parent_run_id, status=status)
     return leaderboard.to_text(ranked, metric, mode=mode, scope=scope)
+
+
+# ------------------------------------------------------------------------------------ spooled items
+
+
+def parent_items(spec: dict) -> tuple[dict, dict]:
+    """(params, the artifacts item) of a parent run's spool: the spec as params and as `sweep_spec.yaml`."""
+    return flatten_params(spec), {"op": "artifacts", "files": [], "texts": {SPEC_ARTIFACT: dump_yaml(spec)}}
+
+
+def leaderboard_item(trials: list[TrialSummary], *, metric: str, mode: str, scope: str = "last",
+                     sweep_id: str | None = None) -> dict:
+    """The spool item `deliver_leaderboard` turns into `log_leaderboard` (ranked when the store answers: the
+    curves and the children's run ids come from the store)."""
+    leaderboard.check_mode(mode, scope)
+    rows = [json.loads(json.dumps(dataclasses.asdict(t), default=str)) for t in trials]
+    return {"op": "leaderboard", "trials": rows, "metric": metric, "mode": mode, "scope": scope,
+            "sweep_id": sweep_id, "timestamp_ms": int(time.time() * 1000)}  # fmt: skip
+
+
+def local_text(item: dict) -> str:
+    """The leaderboard of a `leaderboard_item` from what the driver has (final values, no curves): what the
+    driver prints when the store did not answer in time."""
+    trials = [leaderboard.complete(TrialSummary(**row), run_id=row["run_id"], curve=row["curve"], mode=item["mode"])
+              for row in item["trials"]]  # fmt: skip
+    ranked = leaderboard.rank(trials, mode=item["mode"], scope=item["scope"])
+    return leaderboard.to_text(ranked, item["metric"], mode=item["mode"], scope=item["scope"])
+
+
+def deliver_leaderboard(client: MlflowClient, run_id: str, item: dict) -> str:
+    trials = [TrialSummary(**row) for row in item["trials"]]
+    return log_leaderboard(client, run_id, trials, metric=item["metric"], mode=item["mode"], scope=item["scope"],
+                           sweep_id=item.get("sweep_id"), timestamp_ms=item["timestamp_ms"])  # fmt: skip

@@ -29,12 +29,13 @@ import time
 from mlflow import MlflowClient
 from mlflow.entities import Metric, RunTag
 from mlflow.exceptions import MlflowException
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from rayjobs.tracking.client import is_permanent, short_error
 from rayjobs.tracking.runs import open_run
 from rayjobs.tracking.spool_file import Spool, metric_points
-from rayjobs.tracking.store import resolve_experiment
-from rayjobs.tracking.tags import TAG_DROPPED_LOG_BATCHES
+from rayjobs.tracking.store import find_sweep_parent, resolve_experiment
+from rayjobs.tracking.tags import TAG_DROPPED_LOG_BATCHES, TAG_KIND, TAG_SWEEP_ID
 
 logger = logging.getLogger("prefsweep.mlflow")
 
@@ -65,6 +66,7 @@ class Delivery:
         stay, a re-run step is not sent again."""
         self.points_sent = 0
         self.points_present = 0
+        self.leaderboard: str | None = None  # a sweep parent's, as text, once its leaderboard item is sent
 
     @property
     def run_id(self) -> str | None:
@@ -107,6 +109,10 @@ class Delivery:
             from rayjobs.tracking import trial_outputs
 
             trial_outputs.deliver(self.client, self.run_id, self.spool.path.parent, items[0])
+        elif op == "leaderboard":
+            from rayjobs.tracking import parent_run
+
+            self.leaderboard = parent_run.deliver_leaderboard(self.client, self.run_id, items[0])
         elif op == "end":
             self.client.set_terminated(self.run_id, status=items[0]["status"])
 
@@ -119,15 +125,29 @@ class Delivery:
     def _open(self, item: dict) -> None:
         """Find or create the run (see `rayjobs.tracking.runs.open_run`), marked with this spool's id."""
         fresh = self.run_id is None and not item.get("run_id")
+        resolved: list[str] = []
+
+        def experiment_id() -> str:
+            if not resolved:
+                resolved.append(resolve_experiment(item.get("experiment_id"), item.get("experiment_name"),
+                                                   uri=self.client.tracking_uri))  # fmt: skip
+            return resolved[0]
+
+        parent_run_id, tags = item.get("parent_run_id"), item["tags"]
+        if not parent_run_id and tags.get(TAG_SWEEP_ID) and tags.get(TAG_KIND) == "trial":
+            # A trial started before its sweep's parent run existed: the parent may exist now. If it still
+            # does not, the driver links this run when it creates the parent and again before its leaderboard.
+            parent_run_id = find_sweep_parent(self.client, experiment_id(), tags[TAG_SWEEP_ID])
+            if parent_run_id:
+                tags = {**tags, MLFLOW_PARENT_RUN_ID: parent_run_id}
         run_id, created = open_run(
             self.client,
-            experiment_id=lambda: resolve_experiment(item.get("experiment_id"), item.get("experiment_name"),
-                                                     uri=self.client.tracking_uri),
+            experiment_id=experiment_id,
             run_name=item["run_name"],
             params=item["params"],
-            tags=item["tags"],
+            tags=tags,
             run_id=self.run_id or item.get("run_id"),
-            parent_run_id=item.get("parent_run_id"),
+            parent_run_id=parent_run_id,
             marker=(TAG_SPOOL_ID, item["spool_id"]),
         )
         self.reattached = fresh and not created

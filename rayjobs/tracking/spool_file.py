@@ -22,7 +22,9 @@ logger = logging.getLogger("prefsweep.mlflow")
 
 SPOOL_NAME = "mlflow_spool.jsonl"
 SPOOL_GLOB = "mlflow_spool*.jsonl"
-ITEM_OPS = ("open", "metrics", "tags", "artifacts", "end")  # sent in order; "run"/"sent"/"dropped" are notes
+# Sent in order; "run"/"sent"/"dropped" are notes. `outputs`: a trial's table and dataset inputs
+# (`rayjobs.tracking.trial_outputs`); `leaderboard`: a sweep parent's (`rayjobs.tracking.parent_run`).
+ITEM_OPS = ("open", "metrics", "tags", "artifacts", "outputs", "leaderboard", "end")
 
 
 def metric_points(item: dict) -> int:
@@ -96,11 +98,13 @@ class Spool:
         self._lock = threading.Lock()
 
     @classmethod
-    def open(cls, output_dir: Path, header: dict) -> Spool:
+    def open(cls, output_dir: Path, header: dict, *, reopen: bool = False) -> Spool:
         """The spool of `output_dir`, resumed when it belongs to the same run and that run has not ended, or
         ended FAILED in an earlier attempt of the same `fit()` (header `invocation`: a worker group Ray Train
-        restarted, or a trial `--resume` continued, whose rank 0 ended the run as its peers died); otherwise a
-        fresh one (an old spool with unsent items is moved aside for `mlflow-sync`)."""
+        restarted, or a trial `--resume` continued, whose rank 0 ended the run as its peers died), or
+        `reopen` (a sweep's parent run on `--resume`: its items, the KILLED end included, stay in order
+        before the new ones); otherwise a fresh one (an old spool with unsent items is moved aside for
+        `mlflow-sync`). A header `spool_id` names the run's marker (a sweep's id) instead of a random one."""
         output_dir = Path(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
         path = output_dir / SPOOL_NAME
@@ -108,10 +112,12 @@ class Spool:
         given = header.get("run_id")
         same = (
             state.items
-            and (not state.ended() or (state.ended() == "FAILED" and header.get("invocation") is not None
-                                       and header.get("invocation") == state.header.get("invocation")))
+            and (not state.ended() or reopen
+                 or (state.ended() == "FAILED" and header.get("invocation") is not None
+                     and header.get("invocation") == state.header.get("invocation")))
             and _identity(state.header) == _identity(header)
             and (given is None or given == (state.header.get("run_id") or state.run_id))
+            and header.get("spool_id") in (None, state.header.get("spool_id"))
         )
         if state.items and not same:
             if state.unsent():
@@ -125,7 +131,7 @@ class Spool:
                 path.unlink()
             state = SpoolState(path)
         spool = cls(state)
-        spool_id = state.header.get("spool_id") or uuid.uuid4().hex
+        spool_id = header.get("spool_id") or state.header.get("spool_id") or uuid.uuid4().hex
         spool.append({**header, "op": "open", "spool_id": spool_id})
         return spool
 

@@ -19,6 +19,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from rayjobs.tracking.client import fail_fast_http, is_permanent
+from rayjobs.tracking.tags import TAG_KIND, TAG_SWEEP_ID
 
 DEFAULT_EXPERIMENT_NAME = "prefsweep"
 # Without this tag MLflow 3's UI opens an experiment in its GenAI view; with it, the training-runs table.
@@ -125,3 +126,38 @@ def find_child_run(client: MlflowClient, experiment_id: str, parent_run_id: str,
         max_results=1,
     )
     return runs[0].info.run_id if runs else None
+
+
+def search_all(client: MlflowClient, experiment_id: str, filter_string: str) -> list:
+    """Every run of the experiment matching `filter_string` (all pages)."""
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], filter_string=filter_string, page_token=token)
+        runs += list(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def find_sweep_parent(client: MlflowClient, experiment_id: str, sweep_id: str) -> str | None:
+    """The parent run of sweep `sweep_id`, if it has been created."""
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{TAG_SWEEP_ID}` = '{sweep_id}' and tags.`{TAG_KIND}` = 'sweep'",
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def link_sweep_children(client: MlflowClient, experiment_id: str, parent_run_id: str, sweep_id: str) -> int:
+    """Make every trial run of sweep `sweep_id` a child of `parent_run_id` (trials created while the
+    parent run did not exist yet carry only the sweep's id); returns how many were linked now."""
+    trials = search_all(
+        client, experiment_id, f"tags.`{TAG_SWEEP_ID}` = '{sweep_id}' and tags.`{TAG_KIND}` = 'trial'"
+    )
+    linked = 0
+    for run in trials:
+        if run.data.tags.get(MLFLOW_PARENT_RUN_ID) != parent_run_id:
+            client.set_tag(run.info.run_id, MLFLOW_PARENT_RUN_ID, parent_run_id)
+            linked += 1
+    return linked

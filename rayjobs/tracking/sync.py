@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tracking-uri", help="the server's address, if it moved (it must hold the same store)")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to keep retrying a failing store")
     args = parser.parse_args(argv)
-    spools = find_spools(args.paths)
+    # A sweep's parent last: its leaderboard links and reads the trial runs the other spools create.
+    spools = sorted(find_spools(args.paths), key=lambda p: SpoolState.load(p).header.get("kind") == "sweep")
     if not spools:
         print(f"prefsweep mlflow-sync: no {SPOOL_NAME} under {' '.join(args.paths)}", file=sys.stderr)
         return 1

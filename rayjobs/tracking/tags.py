@@ -18,6 +18,10 @@ TAG_DATASET_FINGERPRINT = "prefsweep.dataset_fingerprint"
 TAG_RAY_JOB_ID = "prefsweep.ray_job_id"
 TAG_RAY_SUBMISSION_ID = "prefsweep.ray_job_submission_id"
 TAG_DROPPED_LOG_BATCHES = "prefsweep.dropped_log_batches"
+# On a sweep's parent run and on every trial's run: the sweep's id, chosen by the driver before it reaches
+# the store, so a trial created while the parent run does not exist yet is still found as its child
+# (`rayjobs.tracking.store.link_sweep_children`).
+TAG_SWEEP_ID = "prefsweep.sweep_id"
 
 
 def git_commit(path: str | Path | None = None) -> str | None:
