@@ -301,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     result = run_loop(args, peer, model_dir, run_dir, rows_file)
                 runs[peer].append({"round": round_, **result})
+                # what is measured so far survives a stopped run (the full file is written at the end)
+                write_json(out_json.with_name(out_json.name + ".partial"), {"runs": runs})
                 print(f"round {round_ + 1}/{args.rounds} {peer}: {result['wall_seconds']:.1f}s", flush=True)
                 if not args.keep:
                     shutil.rmtree(run_dir, ignore_errors=True)
