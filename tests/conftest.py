@@ -10,6 +10,7 @@ import json
 import os
 import secrets
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -22,24 +23,6 @@ PAIRS_INFO = {"file_name": "pairs.json", "formatting": "sharegpt", "ranking": Tr
               "columns": {"messages": "conversations", "chosen": "chosen", "rejected": "rejected"}}
 
 
-# Under pytest-xdist (`make test` runs `-n 2 --dist loadgroup`) every test that starts Ray, a server or a
-# process group, or is marked slow, runs in ONE group, on one worker, one after another: those tests fix
-# ports, kill process groups and time their steps. The ~1000 light tests spread over both workers.
-SERIAL_MARKS = ("ray", "slow")
-SERIAL_FIXTURES = {"local_ray", "ray_head", "driver_env"}
-SERIAL_HELPERS = ("tests.mlflow_servers", "tests.ray_cluster", "tests.s3_server")
-
-
-def _is_serial(item: pytest.Item) -> bool:
-    if any(item.get_closest_marker(name) for name in SERIAL_MARKS):
-        return True
-    if SERIAL_FIXTURES & set(getattr(item, "fixturenames", ())):
-        return True
-    module = getattr(item, "module", None)  # a module that starts servers imports their helpers
-    return any(getattr(value, "__module__", None) in SERIAL_HELPERS for value in vars(module).values()) \
-        if module is not None else False
-
-
 def _ray_module(item: pytest.Item | None) -> bool:
     """Whether `item` belongs to a module that has a test using the shared local Ray."""
     return item is not None and getattr(item, "module", None) in RAY_MODULES
@@ -49,15 +32,14 @@ RAY_MODULES: set = set()
 
 
 def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if _is_serial(item):
-            item.add_marker(pytest.mark.xdist_group("serial"))
     # The modules that use `local_ray` run one after another (each module's tests kept together and in
-    # order), where the first of them was, so one Ray serves them all.
+    # order), where the first of them was, so one Ray serves them all (Python's sort is stable).
     RAY_MODULES.update(item.module for item in items if _uses_local_ray(item))
     ray_items = [item for item in items if _ray_module(item)]
     if ray_items:
         first = items.index(ray_items[0])
+        # a module wanting a fresh Ray goes first, so the Ray started for it serves the others: one start
+        ray_items.sort(key=lambda item: not getattr(item.module, "LOCAL_RAY_FRESH", False))
         rest = [item for item in items if not _ray_module(item)]
         items[:] = rest[:first] + ray_items + rest[first:]
 
@@ -109,10 +91,15 @@ class SharedLocalRay:
         self.ray = None
         self.saved_env: dict[str, str | None] = {}
 
-    def start(self, token_dir: Path):
-        if self.ray is not None and self._all_cpus_free():
-            return self.ray
-        self.stop()  # a module before left something holding CPUs: the next one gets a fresh Ray, as before
+    def start(self, token_dir: Path, fresh: bool = False):
+        """fresh: a new Ray even if one runs (a module setting `LOCAL_RAY_FRESH = True`)."""
+        if self.ray is not None:
+            if not fresh and self._all_cpus_free():
+                return self.ray
+            if not fresh:  # a module before left CPUs held: a fresh Ray, as before
+                warnings.warn(f"the shared local Ray still had CPUs held ({self.ray.available_resources()}); "
+                              "starting a fresh one", stacklevel=1)
+            self.stop()
         import ray
 
         from rayjobs.local_ray import ensure_ray
@@ -180,10 +167,10 @@ def pytest_sessionfinish(session):
 
 
 @pytest.fixture(scope="module")
-def local_ray(tmp_path_factory):
+def local_ray(tmp_path_factory, request):
     """A private local Ray, token auth on with a token file of its own; shared by consecutive modules
     (`SharedLocalRay`)."""
-    return SHARED_RAY.start(tmp_path_factory.mktemp("auth"))
+    return SHARED_RAY.start(tmp_path_factory.mktemp("auth"), fresh=getattr(request.module, "LOCAL_RAY_FRESH", False))
 
 
 # ------------------------------------------------------------------- MLflow tracking tests (SQLite store)
