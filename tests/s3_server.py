@@ -112,9 +112,11 @@ class Bucket:
         return {(t := json.loads(trial_json))["custom_trial_name"]: {"id": t["trial_id"], "status": t["status"]}
                 for trial_json, _ in state["trial_data"]}
 
-    def has_checkpoint(self, trial: str) -> bool:
+    def checkpoint_step(self, trial: str) -> int:
+        """The step of the trial's latest checkpoint registered by Ray Train (0: none yet)."""
         try:
             snapshot = json.loads(self.read(f"{self.sweep_path}/{trial}/train/checkpoint_manager_snapshot.json") or b"")
         except ValueError:
-            return False
-        return bool(snapshot.get("latest_checkpoint_result"))
+            return 0
+        name = (snapshot.get("latest_checkpoint_result") or {}).get("checkpoint_dir_name")
+        return int(name.rsplit("-", 1)[1]) if name else 0

@@ -7,7 +7,8 @@
   driver (attached with RAY_ADDRESS) is SIGKILLed halfway and `--resume` from a fresh directory, against the
   same, still running cluster, finishes it from the bucket alone;
 - load: 32 short trials, 4 at a time over both nodes; the driver's memory is sampled throughout, and a trial
-  whose Tune state stops moving fails the test naming it (see STALL_S);
+  whose Tune state stops moving fails the test naming it (see STALL_S); ~8 min, so only with
+  PREFSWEEP_CLUSTER_TESTS=1 (see LOAD_TEST);
 - the second node is lost (its raylet SIGKILLed) mid-sweep: its trials go on from their last checkpoints
   on the head (last: node2 stays dead).
 
@@ -80,24 +81,24 @@ def cluster(s3):
 # ------------------------------------------------------------------------------------------ the token
 
 
-def _connect(env: dict, address: str) -> subprocess.CompletedProcess:
+def _connect(env: dict, address: str) -> subprocess.Popen:
     code = f"import ray; ray.init(address={address!r}); print('CONNECTED', ray.cluster_resources()['CPU'])"
-    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
 
 
 def test_a_client_without_the_token_is_refused(cluster, tmp_path):
     no_token = {k: v for k, v in cluster.env.items() if k not in ("RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS")}
     no_token.update({"RAY_AUTH_MODE": "disabled", "HOME": str(tmp_path)})  # no ~/.ray/auth_token either
-    refused = _connect(no_token, cluster.address)
-    assert refused.returncode != 0 and "CONNECTED" not in refused.stdout
-    assert "InvalidAuthToken: Authentication token is missing or incorrect" in refused.stderr, refused.stderr[-3000:]
-
     wrong = tmp_path / "wrong_token"
     wrong.write_text("0" * 64)
     wrong_env = {**no_token, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(wrong)}
-    refused = _connect(wrong_env, cluster.address)
-    assert refused.returncode != 0 and "CONNECTED" not in refused.stdout
-    assert "InvalidAuthToken" in refused.stderr, refused.stderr[-3000:]
+    clients = [_connect(no_token, cluster.address), _connect(wrong_env, cluster.address)]  # at once: each waits on Ray
+    (out, err), (wrong_out, wrong_err) = (client.communicate(timeout=120) for client in clients)
+    assert clients[0].returncode != 0 and "CONNECTED" not in out
+    assert "InvalidAuthToken: Authentication token is missing or incorrect" in err, err[-3000:]
+    assert clients[1].returncode != 0 and "CONNECTED" not in wrong_out
+    assert "InvalidAuthToken" in wrong_err, wrong_err[-3000:]
 
     # the dashboard's HTTP API (where `ray job submit` goes) wants it too; with it, it answers (every
     # other test here connects with the token)
@@ -112,7 +113,7 @@ def test_a_client_without_the_token_is_refused(cluster, tmp_path):
 
 # ----------------------------------------------------- a bucket for everything; the driver dies, the head lives
 
-S3_SWEEP, BUCKET, SAVE_STEPS, MAX_STEPS = "s3sweep", "prefsweep-e2e", 3, 6
+S3_SWEEP, BUCKET, SAVE_STEPS, MAX_STEPS = "s3sweep", "prefsweep-e2e", 3, 12
 
 
 @pytest.mark.timeout(1800)
@@ -154,10 +155,11 @@ def sweep_in_a_bucket(cluster: Cluster, s3: S3Server, tracking_uri: str, tiny_mo
     command = [sys.executable, "-m", "rayjobs.sweep", str(spec_path)]
 
     def halfway() -> bool:
+        """A trial finished, and a running one is past a checkpoint short of its last step."""
         trials = bucket.tune_trials()
         done = [n for n, t in trials.items() if t["status"] == "TERMINATED"]
         running = [n for n, t in trials.items() if t["status"] != "TERMINATED"]
-        return bool(done) and any(bucket.has_checkpoint(n) for n in running)
+        return bool(done) and any(0 < bucket.checkpoint_step(n) < MAX_STEPS for n in running)
 
     first_log = tmp_path / "first.log"  # a generous limit for a loaded CI machine
     kill_driver_when(command, cwd=REPO, env=env, log_path=first_log, ready=halfway, timeout_s=600)
@@ -165,7 +167,7 @@ def sweep_in_a_bucket(cluster: Cluster, s3: S3Server, tracking_uri: str, tiny_mo
     first_output = first_log.read_text()
     before = bucket.tune_trials()
     finished_first = sorted(n for n, t in before.items() if t["status"] == "TERMINATED")
-    checkpointed = sorted(n for n in set(before) - set(finished_first) if bucket.has_checkpoint(n))
+    checkpointed = sorted(n for n in set(before) - set(finished_first) if bucket.checkpoint_step(n))
     assert finished_first and checkpointed, before
     parent_record = json.loads(bucket.read(f"ray/{S3_SWEEP}/prefsweep_parent_run.json"))
     finished_results = {n: bucket.read(f"ray/{S3_SWEEP}/{n}/result.json") for n in finished_first}
@@ -240,6 +242,7 @@ def sweep_in_a_bucket(cluster: Cluster, s3: S3Server, tracking_uri: str, tiny_mo
         # the steps it re-ran after the checkpoint were not sent again; what is new follows what was logged
         new_steps = [s for s, _, ts in history(children[name]) if ts > killed_at_ms]
         assert not new_steps or min(new_steps) > resumed_from[name], (name, new_steps)
+    assert min(resumed_from.values()) < MAX_STEPS, resumed_from  # one had steps left to train
     cache_record = json.loads((outputs / checkpointed[0] / "ref_cache.json").read_text())
     assert cache_record["path"].startswith(f"s3://{BUCKET}/ray/ref_cache/"), cache_record
 
@@ -256,6 +259,14 @@ def sweep_in_a_bucket(cluster: Cluster, s3: S3Server, tracking_uri: str, tiny_mo
 # ------------------------------------------------------------------------------------------- load
 
 
+# 32 trials cost ~30 CPU-seconds each (7 Ray processes a trial: the Tune trial, Ray Train's controller,
+# placement-group cleaner, dataset manager and sync actor, the report queue, the worker; see the report of
+# issue 19): ~8 min on 2 quiet cores, more than CI's 25 minutes leave. The rest of this module runs in CI.
+LOAD_TEST = os.environ.get("PREFSWEEP_CLUSTER_TESTS") == "1"
+
+
+@pytest.mark.skipif(not LOAD_TEST, reason="32 trials of ~30 CPU-s each take ~8 min on 2 cores, more than CI's "
+                    "25-minute budget leaves; run with PREFSWEEP_CLUSTER_TESTS=1")
 @pytest.mark.timeout(1800)
 def test_32_short_trials_4_at_a_time_lose_no_point_and_the_driver_stays_flat(cluster, tiny_model, tmp_path):
     """32 trials of 2 steps, 4 at a time over both nodes; the driver's RSS is sampled every second."""
@@ -393,10 +404,11 @@ def test_losing_the_second_node_mid_sweep(cluster, tiny_model, tmp_path):
         restored.append(trial)  # its workers were on node2: a second attempt opened the run again
         resumed_from[trial] = snapshot_steps[trial]
         lost[trial] = max(attempts[0], default=0) - resumed_from[trial]
-        assert resumed_from[trial] % save_steps == 0, (trial, steps)
+        assert resumed_from[trial] >= save_steps and resumed_from[trial] % save_steps == 0, (trial, steps)
         assert 0 <= lost[trial] <= save_steps, (trial, attempts, resumed_from[trial])
-        if resumed_from[trial]:  # the new attempt went on from that checkpoint, not from step 1
-            assert steps.count(1) == 1 and resumed_from[trial] + 1 in steps, (trial, steps)
+        # the new attempt went on from that checkpoint, not from step 1: where Tune's reports go back (a
+        # report of a step re-run), they go back to a step after it (rank 0 reports every few steps)
+        assert all(b > resumed_from[trial] for a, b in zip(steps, steps[1:]) if b < a), (trial, steps)
     assert sorted(restored) == sorted(on_node2), (restored, on_node2)  # exactly node2's trials
     uninterrupted = sorted(set(after) - set(restored))
 
