@@ -76,3 +76,30 @@ def local_ray(tmp_path_factory):
             yield ray
         finally:
             ray.shutdown()
+
+
+# ------------------------------------------------------------------- MLflow tracking tests (SQLite store)
+
+
+@pytest.fixture(scope="module")
+def db_dir(tmp_path_factory) -> Path:
+    """One SQLite store per module: creating and migrating a fresh database takes seconds."""
+    from mlflow import MlflowClient
+
+    path = tmp_path_factory.mktemp("store")
+    MlflowClient(f"sqlite:///{path}/mlflow.db").search_experiments()
+    return path
+
+
+@pytest.fixture
+def store(db_dir, tmp_path, monkeypatch, request):
+    """The module's store with an experiment name of this test's own; cwd moved to tmp so nothing lands
+    in the repository."""
+    from mlflow import MlflowClient
+
+    from rayjobs.tracking import store as mlflow_store
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db_dir}/mlflow.db")
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", f"prefsweep-{request.node.name}")
+    return MlflowClient(mlflow_store.tracking_uri())

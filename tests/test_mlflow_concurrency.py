@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from rayjobs.tracking import parent_run as sweep_parent_run
 from rayjobs.tracking import spool_file
 from rayjobs.tracking import store as mlflow_store
+from rayjobs.tracking.parent_run import parent_tags
 from tests.mlflow_servers import APT_LINE, MlflowServer, Postgres, postgres_bin
 
 REPO = Path(__file__).resolve().parents[1]
@@ -122,6 +122,12 @@ def check_store(client: MlflowClient, experiment_id: str, parent_run_id: str, re
     return points
 
 
+def parent_run(uri: str, experiment_id: str) -> str:
+    """A sweep parent run for the trials to hang under (created directly: the trials' concurrent logging is
+    what is tested here; the driver's spooled parent run is tested in test_tracking_sweep.py)."""
+    return MlflowClient(uri).create_run(experiment_id, run_name="sweep", tags=parent_tags(None)).info.run_id
+
+
 def summary(name: str, points: int, results: list[dict]) -> str:
     return (f"\n{name}: {TRIALS} trials x {STEPS} steps x {METRICS} metrics = {points} points, all there once; "
             f"each trial {min(r['seconds'] for r in results):.1f}-{max(r['seconds'] for r in results):.1f} s "
@@ -138,7 +144,7 @@ def test_eight_trials_log_at_once_to_the_default_sqlite_store(tmp_path, monkeypa
     uri = mlflow_store.tracking_uri()
     assert uri == f"sqlite:///{tmp_path.resolve()}/mlflow.db"  # the default store
     experiment_id = mlflow_store.ensure_experiment()  # the driver creates and migrates the file first
-    parent = sweep_parent_run.start_sweep_parent({"trials": TRIALS}, None, experiment_id=experiment_id, run_name="sweep")
+    parent = parent_run(uri, experiment_id)
     results = run_trials(uri, experiment_id, parent, tmp_path)
     points = check_store(MlflowClient(uri), experiment_id, parent, results, tmp_path)
     print(summary("sqlite", points, results))
@@ -166,7 +172,7 @@ def test_eight_trials_log_at_once_to_a_postgres_backed_server(postgres, tmp_path
         monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
         monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "prefsweep-concurrency")
         experiment_id = mlflow_store.ensure_experiment()
-        parent = sweep_parent_run.start_sweep_parent({"trials": TRIALS}, None, experiment_id=experiment_id, run_name="sweep")
+        parent = parent_run(server.url, experiment_id)
         results = run_trials(server.url, experiment_id, parent, tmp_path)
         points = check_store(MlflowClient(server.url), experiment_id, parent, results, tmp_path)
         # The points are in PostgreSQL itself, not only behind the server.

@@ -1,145 +1,35 @@
-"""MLflow recording against a real SQLite store: a trial's run is driven through the Hugging Face callback
-hooks with a real `TrainerState`, then read back with `MlflowClient`.
+"""MLflow recording of one run against a real SQLite store: the store and its params, then a trial's run driven
+through the Hugging Face callback hooks with a real `TrainerState` and read back with `MlflowClient`.
 
 What a user relies on: every logged number is in MLflow at its step, secrets never reach the store, the
-PNG curves open as images, trials hang under their sweep's parent run, and the parent's leaderboard and
-`best_config.yaml` name the right winner.
+PNG curves open as images, and a run outlives a worker restart and a refused write. A sweep's parent run
+and its leaderboard: `tests/test_tracking_sweep.py`.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import pickle
-from pathlib import Path
 
 import pytest
 import yaml
-from mlflow import MlflowClient
 from PIL import Image
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
 from rayjobs.tracking import client as mlflow_client
 from rayjobs.tracking import params as mlflow_params
-from rayjobs.tracking import parent_run as sweep_parent_run
 from rayjobs.tracking import store as mlflow_store
 from rayjobs.tracking import tags as mlflow_tags
 from rayjobs.tracking.callback import MlflowLoggingCallback
-from rayjobs.tracking.leaderboard import TrialSummary
-from trainer.plotting import plot_curves
-
-SECRET = "hf_q8Zr2LmN5vXc7TyW3pKd9sJf4HbG6aE1"
-EXPECTED_PNGS = {"training_loss.png", "training_rewards_accuracies.png", "training_eval_loss.png"}
-
-
-def make_config(loss: str = "sigmoid", beta: float = 0.1, **extra) -> dict:
-    return {
-        "model_name_or_path": "models/tiny-llama",
-        "stage": "dpo",
-        "pref_loss": loss,
-        "pref_beta": beta,
-        "pref_ftx": 0.0,
-        "learning_rate": 5.0e-5,
-        "max_new_tokens": 64,
-        "pad_token": "<pad>",
-        "hub_token": SECRET,
-        "report_to": ["none"],
-        "ray": {"num_workers": 2, "use_gpu": False, "resources_per_worker": {"CPU": 1}},
-        **extra,
-    }
-
-
-def log_sequence(accuracies: list[float], eval_every: int = 2) -> list[tuple[int, dict]]:
-    """(global_step, logs) as the Trainer emits them: train logs each step, eval logs every `eval_every`."""
-    seq = []
-    for step, acc in enumerate(accuracies, start=1):
-        seq.append(
-            (
-                step,
-                {
-                    "loss": 0.7 - 0.05 * step,
-                    "learning_rate": 5e-5,
-                    "grad_norm": 1.5,
-                    "rewards/chosen": 0.01 * step,
-                    "rewards/accuracies": acc,
-                    "epoch": step / len(accuracies),
-                },
-            )
-        )
-        if step % eval_every == 0:
-            seq.append((step, {"eval_loss": 0.69 - 0.01 * step, "eval_rewards/accuracies": acc}))
-    return seq
-
-
-def run_trial(
-    output_dir: Path,
-    *,
-    experiment_id: str,
-    run_name: str,
-    config: dict,
-    accuracies: list[float],
-    parent_run_id: str | None = None,
-    rank: int = 0,
-    finalize: bool = True,
-    **kwargs,
-) -> MlflowLoggingCallback:
-    """Drive the callback as `Trainer.train()` does, with the files the trainer writes before finalize."""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    callback = MlflowLoggingCallback(
-        tracking_uri=mlflow_store.tracking_uri(),
-        experiment_id=experiment_id,
-        run_name=run_name,
-        parent_run_id=parent_run_id,
-        config=config,
-        **kwargs,
-    )
-    args = TrainingArguments(output_dir=str(output_dir), report_to="none")
-    state, control = TrainerState(is_world_process_zero=rank == 0), TrainerControl()
-    callback.on_train_begin(args, state, control)
-    history = []
-    for step, logs in log_sequence(accuracies):
-        state.global_step = step
-        callback.on_log(args, state, control, logs=dict(logs))
-        history.append({**logs, "step": step})
-    callback.on_train_end(args, state, control)
-    if rank == 0:  # only rank 0's trainer writes files
-        plot_curves(history, output_dir)
-        (output_dir / "trainer_state.json").write_text(
-            json.dumps({"log_history": history, "global_step": step})
-        )
-        (output_dir / "resolved_config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    if finalize:
-        callback.finalize_run(output_dir, dataset_fingerprint="fp-1234")
-    return callback
-
-
-@pytest.fixture(scope="module")
-def db_dir(tmp_path_factory) -> Path:
-    """One SQLite store per module: creating and migrating a fresh database takes seconds."""
-    path = tmp_path_factory.mktemp("store")
-    MlflowClient(f"sqlite:///{path}/mlflow.db").search_experiments()
-    return path
-
-
-@pytest.fixture
-def store(db_dir, tmp_path, monkeypatch, request):
-    """The module's store with an experiment name of this test's own; cwd moved to tmp so nothing lands
-    in the repository."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db_dir}/mlflow.db")
-    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", f"prefsweep-{request.node.name}")
-    return MlflowClient(mlflow_store.tracking_uri())
-
-
-def download_text(client: MlflowClient, run_id: str, path: str, dst: Path) -> str:
-    return Path(client.download_artifacts(run_id, path, str(dst))).read_text()
-
-
-def artifact_names(client: MlflowClient, run_id: str, path: str | None = None) -> set[str]:
-    return {Path(f.path).name for f in client.list_artifacts(run_id, path)}
-
+from tests.tracking_helpers import (
+    EXPECTED_PNGS,
+    SECRET,
+    artifact_names,
+    download_text,
+    make_config,
+    run_trial,
+)
 
 # ------------------------------------------------------------------------------------- store & params
 
@@ -342,120 +232,6 @@ def test_other_ranks_log_nothing_and_the_callback_pickles(store, tmp_path):
     assert pickle.loads(pickle.dumps(started)).run_id == started.run_id  # picklable mid-run too
     started.finalize_run(tmp_path / "r0", status="FAILED")
     assert store.get_run(started.run_id).info.status == "FAILED"
-
-
-# -------------------------------------------------------------------------------------------- sweeps
-
-SPEC = {
-    "base": "configs/dpo_tiny.yaml",
-    "metric": "eval_rewards/accuracies",
-    "mode": "max",
-    "search_space": {"pref_loss": {"grid": ["sigmoid", "ipo", "simpo"]}, "pref_beta": {"grid": [0.1, 0.5]}},
-    "overrides": {"hub_token": SECRET},
-}
-METRIC = "eval_rewards/accuracies"
-
-
-def test_sweep_parent_children_leaderboard_and_best_config(store, tmp_path):
-    exp_id = mlflow_store.ensure_experiment()
-    parent = sweep_parent_run.start_sweep_parent(
-        SPEC, "sweeps/demo.yaml", experiment_id=exp_id, run_name="demo-sweep"
-    )
-    # eval_rewards/accuracies is logged at steps 2 and 4: (acc[1], acc[3]) -> final = acc[3], best = max
-    plan = {
-        "t0_sigmoid_b0.1": (make_config("sigmoid", 0.1), [0.25, 0.5, 0.5, 0.5]),  # final 0.5, best 0.5
-        "t1_ipo_b0.5": (make_config("ipo", 0.5), [0.5, 1.0, 0.75, 0.75]),  # final 0.75, best 1.0
-        "t2_simpo_b0.5": (
-            make_config("simpo", 0.5, simpo_gamma=0.3),
-            [0.5, 0.25, 1.0, 0.25],
-        ),  # 0.25, best 0.25
-    }
-    runs = {}
-    for name, (config, accuracies) in plan.items():
-        cb = run_trial(
-            tmp_path / name,
-            experiment_id=exp_id,
-            run_name=name,
-            parent_run_id=parent,
-            config=config,
-            accuracies=accuracies,
-            finalize=name != "t2_simpo_b0.5",  # stopped early by the scheduler: never finalized
-        )
-        runs[name] = cb.run_id
-    # The driver knows final/best from Tune for two trials; the third is completed from MLflow.
-    trials = [
-        TrialSummary("t0_sigmoid_b0.1", "sigmoid", 0.1, None, 0.0, 0.5, 0.5, runs["t0_sigmoid_b0.1"],
-                     plan["t0_sigmoid_b0.1"][0], [(2, 0.5), (4, 0.5)]),
-        TrialSummary("t1_ipo_b0.5", "ipo", 0.5, None, 0.0, 0.75, 1.0, runs["t1_ipo_b0.5"],
-                     plan["t1_ipo_b0.5"][0], [(2, 1.0), (4, 0.75)]),
-        TrialSummary("t2_simpo_b0.5", "simpo", 0.5, 0.3, 0.0, None, None, None, plan["t2_simpo_b0.5"][0], []),
-    ]  # fmt: skip
-    text = sweep_parent_run.finish_sweep_parent(parent, trials, metric=METRIC, mode="max")
-
-    parent_run = store.get_run(parent)
-    assert parent_run.info.status == "FINISHED"
-    assert "mlflow.parentRunId" not in parent_run.data.tags
-    assert parent_run.data.tags["prefsweep.kind"] == "sweep"
-    assert parent_run.data.tags["prefsweep.best_trial"] == "t1_ipo_b0.5"
-    assert parent_run.data.params["search_space.pref_beta.grid"] == "[0.1, 0.5]"
-    assert parent_run.data.params["overrides.hub_token"] == "***"
-    assert parent_run.data.metrics[f"best/{METRIC}"] == 0.75
-    children = store.search_runs([exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'")
-    assert {c.info.run_name: c.info.run_id for c in children} == runs
-    statuses = {c.info.run_name: c.info.status for c in children}
-    assert statuses == {"t0_sigmoid_b0.1": "FINISHED", "t1_ipo_b0.5": "FINISHED", "t2_simpo_b0.5": "KILLED"}
-    assert {c.info.run_name: c.data.tags["prefsweep.loss"] for c in children} == {
-        "t0_sigmoid_b0.1": "sigmoid",
-        "t1_ipo_b0.5": "ipo",
-        "t2_simpo_b0.5": "simpo",
-    }
-
-    # ranked by final value, max first: ipo 0.75 > sigmoid 0.5 > simpo 0.25 (simpo's from MLflow history)
-    expected = ["t1_ipo_b0.5", "t0_sigmoid_b0.1", "t2_simpo_b0.5"]
-    rows = list(csv.DictReader(io.StringIO(download_text(store, parent, "leaderboard.csv", tmp_path))))
-    assert [r["trial"] for r in rows] == expected
-    assert [float(r[f"final {METRIC}"]) for r in rows] == [0.75, 0.5, 0.25]
-    assert [float(r[f"best {METRIC}"]) for r in rows] == [1.0, 0.5, 0.25]
-    assert rows[2]["gamma"] == "0.3" and rows[2]["run_id"] == runs["t2_simpo_b0.5"]
-    markdown = download_text(store, parent, "leaderboard.md", tmp_path)
-    assert [line.split("|")[2].strip() for line in markdown.splitlines() if line.startswith("| ")][
-        1:
-    ] == expected
-    assert [line.split()[1] for line in text.splitlines()[3:]] == expected
-    assert text.splitlines()[0].startswith(f"Leaderboard: {METRIC} (max")
-
-    best = yaml.safe_load(download_text(store, parent, "best_config.yaml", tmp_path))
-    assert best == {**plan["t1_ipo_b0.5"][0], "hub_token": "***"}
-    spec = yaml.safe_load(download_text(store, parent, "sweep_spec.yaml", tmp_path))
-    assert spec == {**SPEC, "overrides": {"hub_token": "***"}}
-    for png in ("metric_vs_beta.png", "metric_curves.png"):
-        with Image.open(store.download_artifacts(parent, png, str(tmp_path))) as image:
-            image.verify()
-            assert image.format == "PNG"
-
-
-def test_a_restarted_trial_reuses_its_child_run(store, tmp_path):
-    exp_id = mlflow_store.ensure_experiment()
-    parent = sweep_parent_run.start_sweep_parent(SPEC, None, experiment_id=exp_id, run_name="restarts")
-    first = run_trial(
-        tmp_path / "a", experiment_id=exp_id, run_name="t0", parent_run_id=parent, config=make_config(),
-        accuracies=[0.5, 0.5], finalize=False,
-    )  # fmt: skip
-    second = run_trial(
-        tmp_path / "a", experiment_id=exp_id, run_name="t0", parent_run_id=parent, config=make_config(),
-        accuracies=[0.5, 0.5, 1.0, 1.0],
-    )  # fmt: skip
-    assert second.run_id == first.run_id
-    assert len(store.search_runs([exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'")) == 1
-    run = store.get_run(first.run_id)
-    assert run.info.status == "FINISHED"
-    # the restart re-logged steps 1-2 (accuracies 0.5 both times): kept once; steps 3-4 are new
-    for key in run.data.metrics:
-        steps = [m.step for m in store.get_metric_history(run.info.run_id, key)]
-        assert sorted(steps) == sorted(set(steps)), (key, steps)
-    assert sorted((m.step, m.value) for m in store.get_metric_history(run.info.run_id, "rewards/accuracies")) == [
-        (1, 0.5), (2, 0.5), (3, 1.0), (4, 1.0)]
-    assert [m.step for m in store.get_metric_history(run.info.run_id, "eval_loss")] == [2, 4]
 
 
 def test_a_run_created_on_the_driver_survives_a_worker_restart(store, tmp_path):

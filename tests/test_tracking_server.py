@@ -13,11 +13,10 @@ import yaml
 from mlflow import MlflowClient
 from PIL import Image
 
-from rayjobs.tracking import parent_run as sweep_parent_run
 from rayjobs.tracking import store as mlflow_store
 from rayjobs.tracking.leaderboard import TrialSummary
 from tests.mlflow_servers import MlflowServer
-from tests.test_tracking import EXPECTED_PNGS, METRIC, SPEC, artifact_names, make_config, run_trial
+from tests.tracking_helpers import EXPECTED_PNGS, METRIC, artifact_names, make_config, run_trial, start_parent
 
 
 @pytest.fixture
@@ -39,7 +38,8 @@ def test_sweep_over_http_lands_in_the_server_store(mlflow_server, tmp_path, monk
     assert mlflow_store.tracking_uri() == url and mlflow_store.ui_command() == f"open {url}"
 
     exp_id = mlflow_store.ensure_experiment()
-    parent = sweep_parent_run.start_sweep_parent(SPEC, None, experiment_id=exp_id, run_name="http-sweep")
+    sweep = start_parent(tmp_path / "sweep", "http-sweep", experiment_id=exp_id)
+    parent = sweep.run_id
     plan = {  # eval accuracies at steps 2, 4: sigmoid (0.5, 0.5) -> final 0.5; hinge (0.75, 1.0) -> final 1.0
         "t0_sigmoid": (make_config("sigmoid", 0.1), [0.25, 0.5, 0.5, 0.5]),
         "t1_hinge": (make_config("hinge", 0.3), [0.5, 0.75, 1.0, 1.0]),
@@ -52,7 +52,8 @@ def test_sweep_over_http_lands_in_the_server_store(mlflow_server, tmp_path, monk
         )  # fmt: skip
         trials.append(TrialSummary(name, config["pref_loss"], config["pref_beta"], None, 0.0, None, None, cb.run_id,
                                    config, []))  # fmt: skip
-    text = sweep_parent_run.finish_sweep_parent(parent, trials, metric=METRIC, mode="max")
+    text = sweep.finish(trials, metric=METRIC, mode="max")
+    assert sweep.delivered
     assert [line.split()[1] for line in text.splitlines()[3:]] == ["t1_hinge", "t0_sigmoid"]
 
     client = MlflowClient(url)

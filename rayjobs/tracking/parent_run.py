@@ -1,10 +1,9 @@
 """A sweep's parent MLflow run: started with the spec, finished with the leaderboard, the comparison plots
 and the best trial's config; its trials are the child runs `rayjobs.tracking.MlflowLoggingCallback` opens.
 
-`start_sweep_parent` / `finish_sweep_parent` write to the store directly. The sweep driver goes through a
-spool instead (`rayjobs.sweep_parent`), whose items are `parent_items` at the start and
-`leaderboard_item` at the end; `deliver_leaderboard` is what the spool's sender runs for the latter, once
-the store answers.
+The sweep driver writes it through a spool (`rayjobs.sweep_parent`), whose items are `parent_items` at the
+start and `leaderboard_item` at the end; `deliver_leaderboard` is what the spool's sender runs for the
+latter, once the store answers, and `log_leaderboard` is what it writes.
 """
 
 from __future__ import annotations
@@ -16,13 +15,13 @@ import time
 from pathlib import Path
 
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from rayjobs.tracking import leaderboard, report_plots
 from rayjobs.tracking.leaderboard import TrialSummary
 from rayjobs.tracking.params import dump_yaml, flatten_params, param_key
-from rayjobs.tracking.store import link_sweep_children, search_all, tracking_uri
+from rayjobs.tracking.store import link_sweep_children, search_all
 from rayjobs.tracking.tags import TAG_KIND, run_context_tags
 
 SPEC_ARTIFACT = "sweep_spec.yaml"
@@ -35,37 +34,8 @@ def parent_tags(spec_path: str | None, tags: dict[str, str] | None = None) -> di
     return tags
 
 
-def start_sweep_parent(spec: dict, spec_path: str | None, *, experiment_id: str, run_name: str,
-                       tags: dict[str, str] | None = None) -> str:
-    """Create the sweep's parent run (left RUNNING): the spec as params and as `sweep_spec.yaml`; `tags`
-    added to the context tags."""
-    client = MlflowClient(tracking_uri())
-    run = client.create_run(experiment_id, run_name=run_name, tags=parent_tags(spec_path, tags))
-    run_id = run.info.run_id
-    client.log_batch(run_id, params=[Param(k, v) for k, v in flatten_params(spec).items()])
-    client.log_text(run_id, dump_yaml(spec), SPEC_ARTIFACT)
-    return run_id
-
-
 def _child_runs(client: MlflowClient, parent_run_id: str, experiment_id: str) -> list:
     return search_all(client, experiment_id, f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}'")
-
-
-def finish_sweep_parent(
-    parent_run_id: str,
-    trials: list[TrialSummary],
-    *,
-    metric: str,
-    mode: str,
-    scope: str = "last",
-    status: str = "FINISHED",
-) -> str:
-    """Log the leaderboard (CSV, Markdown), comparison plots and `best_config.yaml` on the parent, end it,
-    and return the leaderboard as terminal text (see `log_leaderboard`)."""
-    client = MlflowClient(tracking_uri())
-    text = log_leaderboard(client, parent_run_id, trials, metric=metric, mode=mode, scope=scope)
-    client.set_terminated(parent_run_id, status=status)
-    return text
 
 
 def log_leaderboard(
