@@ -155,7 +155,8 @@ def sweep_in_a_bucket(cluster: Cluster, s3: S3Server, tracking_uri: str, tiny_mo
     command = [sys.executable, "-m", "rayjobs.sweep", str(spec_path)]
 
     def halfway() -> bool:
-        """A trial finished, and a running one is past a checkpoint short of its last step."""
+        """A trial finished, and a running one is past a checkpoint short of its last step. (It may still
+        reach it: on a long-lived head the dead driver's trials train on until the head notices the death.)"""
         trials = bucket.tune_trials()
         done = [n for n, t in trials.items() if t["status"] == "TERMINATED"]
         running = [n for n, t in trials.items() if t["status"] != "TERMINATED"]
@@ -242,7 +243,6 @@ def sweep_in_a_bucket(cluster: Cluster, s3: S3Server, tracking_uri: str, tiny_mo
         # the steps it re-ran after the checkpoint were not sent again; what is new follows what was logged
         new_steps = [s for s, _, ts in history(children[name]) if ts > killed_at_ms]
         assert not new_steps or min(new_steps) > resumed_from[name], (name, new_steps)
-    assert min(resumed_from.values()) < MAX_STEPS, resumed_from  # one had steps left to train
     cache_record = json.loads((outputs / checkpointed[0] / "ref_cache.json").read_text())
     assert cache_record["path"].startswith(f"s3://{BUCKET}/ray/ref_cache/"), cache_record
 
