@@ -5,6 +5,7 @@ fake `AWS_*` credentials, all in `S3Server.env()`."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -74,3 +75,48 @@ class S3Server:
 
     def log(self) -> str:
         return self.log_path.read_text() if self.log_path.is_file() else ""
+
+
+class Bucket:
+    """Reads a bucket of `server` the way the product does (pyarrow.fs), and a sweep's Tune state in it
+    (`storage_path: s3://<bucket>/<prefix>`)."""
+
+    def __init__(self, server: S3Server, name: str, prefix: str, sweep: str):
+        import pyarrow.fs
+
+        self.pafs, self.name, self.sweep_path = pyarrow.fs, name, f"{prefix}/{sweep}"
+        self.fs = pyarrow.fs.S3FileSystem(endpoint_override=server.url, access_key="testing",
+                                          secret_key="testing", region=REGION, scheme="http")
+
+    def read(self, path: str) -> bytes | None:
+        try:
+            with self.fs.open_input_stream(f"{self.name}/{path}") as f:
+                return f.read()
+        except OSError:
+            return None
+
+    def files(self, prefix: str) -> list[str]:
+        selector = self.pafs.FileSelector(f"{self.name}/{prefix}", recursive=True, allow_not_found=True)
+        infos = self.fs.get_file_info(selector)
+        return sorted(i.path[len(self.name) + 1:] for i in infos if i.type == self.pafs.FileType.File)
+
+    def tune_trials(self) -> dict[str, dict]:
+        """trial name -> {"id", "status"} from the sweep's latest Tune experiment state in the bucket."""
+        states = [p for p in self.files(self.sweep_path) if p.rsplit("/", 1)[-1].startswith("experiment_state-")]
+        if not states:
+            return {}
+        try:
+            state = json.loads(self.read(max(states)) or b"")
+        except ValueError:
+            return {}
+        return {(t := json.loads(trial_json))["custom_trial_name"]: {"id": t["trial_id"], "status": t["status"]}
+                for trial_json, _ in state["trial_data"]}
+
+    def checkpoint_step(self, trial: str) -> int:
+        """The step of the trial's latest checkpoint registered by Ray Train (0: none yet)."""
+        try:
+            snapshot = json.loads(self.read(f"{self.sweep_path}/{trial}/train/checkpoint_manager_snapshot.json") or b"")
+        except ValueError:
+            return 0
+        name = (snapshot.get("latest_checkpoint_result") or {}).get("checkpoint_dir_name")
+        return int(name.rsplit("-", 1)[1]) if name else 0
