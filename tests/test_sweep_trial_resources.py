@@ -18,10 +18,6 @@ import pytest
 from rayjobs.sweep import TRIAL_DRIVER_RESOURCES
 
 HOLD_SECONDS = 6.0
-# A Ray of its own, not one an earlier module ran trials on (tests/conftest.py): this test times two
-# trainings against each other, so it keeps exactly the fresh Ray it always had. (On a machine at load
-# 10-50 it failed both after another module and on a fresh Ray, overlap 0.7 s: load, not the sharing.)
-LOCAL_RAY_FRESH = True
 
 
 def _worker_fn(config: dict) -> None:
