@@ -4,6 +4,7 @@ driver as a user starts it, Tune's per-trial reports, each trial's MLflow spool,
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import time
@@ -73,15 +74,16 @@ def spool_items(output_dir: Path) -> list[dict]:
     return json_lines(path.read_text()) if path.is_file() else []
 
 
-def spooled_steps(output_dir: Path) -> list[list[int]]:
+def spooled_steps(output_dir: Path, before_ms: float = math.inf) -> list[list[int]]:
     """Per attempt of the trial's run (each opens its MLflow spool with a header line), the `loss` steps its
-    rank 0 spooled: the worker's own record of the steps it trained (re-run steps are not spooled again)."""
+    rank 0 spooled: the worker's own record of the steps it trained (re-run steps are not spooled again).
+    `before_ms`: only steps logged before that time (ms since the epoch, the points' own timestamps)."""
     attempts: list[list[int]] = []
     for item in spool_items(output_dir):
         if "tracking_uri" in item:
             attempts.append([])
         elif item.get("op") == "metrics":
-            attempts[-1] += [step for key, _, _, step in item["metrics"] if key == "loss"]
+            attempts[-1] += [step for key, _, ts, step in item["metrics"] if key == "loss" and ts < before_ms]
     return attempts
 
 
