@@ -30,6 +30,7 @@ is reopened, and each trial reattaches to its child run by name: one child run p
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import math
 import os
@@ -52,6 +53,7 @@ DEFAULT_STORAGE = "~/ray_results"
 # `memory` keeps Tune's placement group non-empty; a fractional CPU would not: with 0.001 CPU per driver,
 # two 1-CPU trials need 2.002 CPUs and on a 2-CPU machine the second trial's workers wait for the first.
 TRIAL_DRIVER_RESOURCES = {"CPU": 0, "memory": 1}
+TRIAL_ABORT_WAIT_S = 20.0  # how long a stopped trial waits for its Train run's abort, then for its fit() to return
 TRAIN_RUN_NAME = "train"
 """Each trial's Ray Train run: `<storage>/<sweep>/<trial>/train`."""
 
@@ -73,16 +75,18 @@ def trial_changes(base: TrainConfig, sampled: dict, name: str) -> dict:
 
 
 def trial_driver(config: dict, *, base: TrainConfig, storage: str, sweep_name: str, metric: str,
-                 tracking: dict | None, resume: bool = False) -> None:
+                 tracking: dict | None, report_slots, resume: bool = False) -> None:
     """One Tune trial: run the sampled config as a Ray Train job and forward its reports to Tune.
 
-    `resume` (a restored sweep): continue from the latest checkpoint of this trial's Ray Train run.
+    `report_slots`: the sweep's `ReportSlots` actor. `resume` (a restored sweep): continue from the
+    latest checkpoint of this trial's Ray Train run.
     """
+    import uuid
+
     from ray import tune
-    from ray.util.queue import Queue
 
     from rayjobs.train import make_torch_trainer
-    from rayjobs.tune_forward import QueueReportCallback, fit_and_forward
+    from rayjobs.tune_forward import QueueReportCallback, TrialSlot, fit_and_forward
 
     name = tune.get_context().get_trial_name()
     # resume: what a killed run left in its output dir is its own: resumed below, or started over
@@ -97,14 +101,18 @@ def trial_driver(config: dict, *, base: TrainConfig, storage: str, sweep_name: s
         name=TRAIN_RUN_NAME,
         storage_path=trial_storage,
         tracking={**tracking, "run_name": name} if tracking else None,
-        callbacks=[QueueReportCallback(reports := Queue(1, actor_options={"num_cpus": 0}))],
+        callbacks=[QueueReportCallback(reports := TrialSlot(report_slots, f"{name}/{uuid.uuid4().hex}"))],
         metric=metric,
         invocation=invocation,
     )
+    # Tune hands this actor to a next trial (reuse_actors) only once this thread has ended; a scheduler-stopped
+    # trial's thread first aborts its Train run (see rayjobs.tune_forward), more than Tune's 2 s default.
+    os.environ["TUNE_FUNCTION_THREAD_TIMEOUT_S"] = str(int(2 * TRIAL_ABORT_WAIT_S) + 10)
     try:  # not Ray's TuneReportCallback: its last report can hang the trial (see rayjobs.tune_forward)
-        fit_and_forward(trainer.fit, reports, tune.report)
+        fit_and_forward(trainer.fit, reports, tune.report, abort=functools.partial(reports.abort_run, TRIAL_ABORT_WAIT_S),
+                        abort_wait_s=TRIAL_ABORT_WAIT_S)
     finally:
-        reports.shutdown()
+        reports.forget()
 
 
 def trial_namer(base: dict):
@@ -243,9 +251,14 @@ def run(source: str | Path | dict, overrides: list[str] = (), *, worker_logs: bo
     tracking = tracking_args(run_name="", experiment_id=parent.record["experiment_id"] or experiment_id,
                              parent_run_id=parent.run_id, log_model=spec.log_model)  # fmt: skip
     tracking["tags"][TAG_SWEEP_ID] = parent.sweep_id  # links trials started before the parent run exists
+    import ray
+
+    from rayjobs.tune_forward import ReportSlots
+
+    report_slots = ray.remote(ReportSlots).options(num_cpus=0).remote()
     trainable = tune.with_resources(
         tune.with_parameters(trial_driver, base=base_cfg, storage=storage, sweep_name=spec.name, metric=spec.metric,
-                             tracking=tracking, resume=resume),
+                             tracking=tracking, report_slots=report_slots, resume=resume),
         TRIAL_DRIVER_RESOURCES,
     )
     if resume:
@@ -315,6 +328,8 @@ def new_tuner(spec: SweepSpec, trainable, base: TrainConfig, storage: str, concu
             scheduler=scheduler(spec),
             trial_name_creator=namer,
             trial_dirname_creator=namer,
+            # a next trial runs in a finished one's actor: no new process, imports done (~8 CPU-s a trial)
+            reuse_actors=True,
         ),
         run_config=tune.RunConfig(name=spec.name, storage_path=storage, verbose=1),
     )

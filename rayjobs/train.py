@@ -167,7 +167,9 @@ def make_torch_trainer(
     `invocation`: the id of an earlier `fit()` whose checkpoints the workers may resume from.
     """
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchConfig
+
+    from rayjobs.torch_trainer import LeanTorchTrainer
 
     # Ray Train's controller takes a worker's report when it polls the workers (every 2 s by
     # default) and the worker's next report waits for that: reporting every log step needs a
@@ -180,7 +182,7 @@ def make_torch_trainer(
                      tracking=tracking)
     if invocation:
         loop.invocation = invocation
-    return TorchTrainer(
+    return LeanTorchTrainer(
         train_fn_per_worker,
         train_loop_config={"loop": loop},
         # Ray Train, not transformers, opens the process group: ddp_timeout (LF sets it) is its timeout

@@ -239,10 +239,14 @@ def test_job_submitted_sweep_is_recorded_in_mlflow(ray_head, tiny_model, tmp_pat
         open_png(client, parent.info.run_id, png, tmp_path / "parent")
 
 
-def test_asha_stops_a_trial_early_on_the_demo_data(ray_head, tiny_model, tmp_path):
-    """3 trials ranked on training loss, ASHA rungs every 3 steps. SimPO's loss starts near 0.97
-    (-log sigmoid(-gamma), gamma 0.5) and sigmoid's at 0.693, so the third trial (a SimPO one)
-    reaches its first rung behind the median of the two before it and is stopped there."""
+def test_asha_stops_trials_early_and_their_actor_runs_the_next_trial(ray_head, tiny_model, tmp_path):
+    """3 trials one at a time, ranked on training loss, ASHA rungs every 3 steps. SimPO's loss starts near
+    0.97 (-log sigmoid(-gamma), gamma 0.5) and sigmoid's at 0.693, so each SimPO trial reaches its first
+    rung behind the median of those before it and is stopped there, while its Ray Train run is mid-way.
+
+    One trial actor runs all three (Tune's reuse_actors): Tune hands a stopped trial's actor to the next
+    trial only once the stopped trial's thread has ended, which it does only after aborting its Train run
+    (else Tune's reset times out and the next trial errors); the aborted run trains no further."""
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     spec = {
         "name": "ashatest",
@@ -258,18 +262,21 @@ def test_asha_stops_a_trial_early_on_the_demo_data(ray_head, tiny_model, tmp_pat
         "reference_cache": False,
         "scheduler": {"type": "asha", "grace_period": 3, "reduction_factor": 2},
         "trial_resources": {"num_workers": 1},
+        "max_concurrent_trials": 1,
         "storage_path": str(tmp_path / "ray_results"),
     }
     submit(ray_head, spec, tmp_path, "prefsweep-test-ashatest", store)
 
-    last_steps = {}
+    last_steps, pids = {}, {}
     for result_file in (tmp_path / "ray_results" / "ashatest").glob("trial_*/result.json"):
         results = [json.loads(line) for line in result_file.read_text().splitlines() if line.strip()]
         last_steps[result_file.parent.name] = max(r["step"] for r in results)
-    assert sorted(last_steps) == ["trial_000_sigmoid_beta0.1", "trial_001_simpo_beta2_gamma0.5",
-                                  "trial_002_simpo_beta2.5_gamma0.5"], last_steps
+        pids[result_file.parent.name] = {r["pid"] for r in results}
+    stopped = ["trial_001_simpo_beta2_gamma0.5", "trial_002_simpo_beta2.5_gamma0.5"]
+    assert sorted(last_steps) == ["trial_000_sigmoid_beta0.1", *stopped], last_steps
     assert last_steps["trial_000_sigmoid_beta0.1"] == 9, last_steps
-    assert last_steps["trial_002_simpo_beta2.5_gamma0.5"] < 9, f"not stopped early: {last_steps}"
+    assert all(last_steps[name] < 9 for name in stopped), f"not stopped early: {last_steps}"
+    assert len(set().union(*pids.values())) == 1, pids  # one actor ran every trial
 
     for name in last_steps:
         resolved = yaml.safe_load((tmp_path / "outputs" / name / "resolved_config.yaml").read_text())
@@ -277,10 +284,13 @@ def test_asha_stops_a_trial_early_on_the_demo_data(ray_head, tiny_model, tmp_pat
 
     client = MlflowClient(store)
     experiment = client.get_experiment_by_name("ashatest")
-    statuses = {r.info.run_name: r.info.status for r in client.search_runs([experiment.experiment_id])
-                if "mlflow.parentRunId" in r.data.tags}
-    assert statuses["trial_000_sigmoid_beta0.1"] == "FINISHED"
-    assert statuses["trial_002_simpo_beta2.5_gamma0.5"] == "KILLED", statuses
+    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])
+            if "mlflow.parentRunId" in r.data.tags}
+    assert {n: r.info.status for n, r in runs.items()} == {
+        "trial_000_sigmoid_beta0.1": "FINISHED", stopped[0]: "KILLED", stopped[1]: "KILLED"}
+    for name in stopped:  # aborted a few steps past its stop, not trained to the end
+        steps = [m.step for m in client.get_metric_history(runs[name].info.run_id, "loss")]
+        assert last_steps[name] <= max(steps) < 9, (name, steps)
 
 
 def test_demo_spec_submitted_from_a_fresh_checkout_after_make_demo(ray_head, tiny_model, tmp_path):

@@ -1,16 +1,18 @@
 """`rayjobs.tune_forward.fit_and_forward`: every Train report reaches Tune, in order, from the calling thread,
 including the last one queued right before `fit()` returns (the report Ray's TuneReportCallback could strand,
-hanging the trial), and nothing is reported after `fit_and_forward` returns."""
+hanging the trial), and nothing is reported after `fit_and_forward` returns; the sweep's `ReportSlots` keep
+each trial attempt's reports apart, one at a time."""
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import threading
 import time
 
 import pytest
 
-from rayjobs.tune_forward import CHECKPOINT_PATH_KEY, QueueReportCallback, fit_and_forward
+from rayjobs.tune_forward import CHECKPOINT_PATH_KEY, QueueReportCallback, ReportSlots, fit_and_forward
 
 
 class Recorder:
@@ -78,3 +80,69 @@ def test_the_callback_queues_rank_0_metrics_and_the_checkpoint_path():
     assert reports.get_nowait() == {"step": 4, "loss": 0.5, CHECKPOINT_PATH_KEY: Checkpoint.path}
     assert reports.get_nowait() == {"step": 5, "loss": 0.4}
     assert rank0 == {"step": 4, "loss": 0.5}  # the controller's dict is not changed
+
+
+def test_a_trial_tune_ends_mid_run_aborts_its_run_before_its_thread_ends():
+    """Tune hands a stopped trial's actor to the next trial by making its report raise SystemExit; the run,
+    still training, must be aborted (not left holding its workers) before the thread ends."""
+    reports, aborted, got = queue.Queue(1), threading.Event(), []
+
+    def fit():  # trains until aborted, a report per step
+        step = 0
+        while not aborted.is_set():
+            step += 1
+            try:
+                reports.put({"step": step}, timeout=0.01)
+            except queue.Full:
+                step -= 1
+        return "aborted"
+
+    def report(item):
+        got.append(item["step"])
+        if len(got) == 2:
+            raise SystemExit(0)  # what Tune's report does once the trial is stopped
+
+    aborts = []
+    with pytest.raises(SystemExit):
+        fit_and_forward(fit, reports, report, poll_s=0.01, abort=lambda: (aborts.append(1), aborted.set()))
+    assert got == [1, 2] and aborts == [1]
+    assert not any(t.name == "prefsweep-fit" and t.is_alive() for t in threading.enumerate())
+
+
+def test_an_error_after_fit_returned_aborts_nothing():
+    reports, aborts = queue.Queue(1), []
+
+    def fit():
+        reports.put({"step": 1})
+
+    def report(item):
+        time.sleep(0.05)  # fit() has returned by now
+        raise SystemExit(0)
+
+    with pytest.raises(SystemExit):
+        fit_and_forward(fit, reports, report, poll_s=0.01, abort=lambda: aborts.append(1))
+    assert aborts == []
+
+
+def test_report_slots_hold_one_report_per_trial_attempt_and_keep_attempts_apart():
+    async def scenario():
+        slots = ReportSlots()
+        assert await slots.controller("trial_000/a") is None  # no report yet: nothing to abort
+        await slots.put("trial_000/a", {"step": 1}, "controller of trial_000")
+        await slots.put("trial_001/b", {"step": 7})  # another trial's slot is not full
+        second = asyncio.ensure_future(slots.put("trial_000/a", {"step": 2}))
+        await asyncio.sleep(0.05)
+        assert not second.done()  # the controller waits until the trial took step 1
+        assert await slots.get("trial_000/a", 1.0) == (True, {"step": 1})
+        await asyncio.wait_for(second, 1.0)
+        assert await slots.get("trial_000/a", 1.0) == (True, {"step": 2})
+        assert await slots.empty("trial_000/a")
+        assert await slots.get("trial_000/a", 0.01) == (False, None)  # nothing came: no report invented
+        assert await slots.get("trial_001/b", 1.0) == (True, {"step": 7})
+        assert await slots.controller("trial_000/a") == "controller of trial_000"
+        await slots.forget("trial_000/a")
+        await slots.forget("trial_001/b")
+        assert slots.slots == {} and slots.controllers == {}
+
+    asyncio.run(scenario())
+
