@@ -96,7 +96,8 @@ def test_sweep_parent_children_leaderboard_and_best_config(store, tmp_path):
 
 def test_a_restarted_trial_reuses_its_child_run(store, tmp_path):
     exp_id = mlflow_store.ensure_experiment()
-    parent = start_parent(tmp_path / "sweep", "restarts", experiment_id=exp_id).run_id
+    sweep = start_parent(tmp_path / "sweep", "restarts", experiment_id=exp_id)
+    parent = sweep.run_id
     first = run_trial(
         tmp_path / "a", experiment_id=exp_id, run_name="t0", parent_run_id=parent, config=make_config(),
         accuracies=[0.5, 0.5], finalize=False,
@@ -116,3 +117,5 @@ def test_a_restarted_trial_reuses_its_child_run(store, tmp_path):
     assert sorted((m.step, m.value) for m in store.get_metric_history(run.info.run_id, "rewards/accuracies")) == [
         (1, 0.5), (2, 0.5), (3, 1.0), (4, 1.0)]
     assert [m.step for m in store.get_metric_history(run.info.run_id, "eval_loss")] == [2, 4]
+    sweep.finish([], metric="rewards/accuracies", mode="max")  # ends its sender thread
+    assert store.get_run(parent).info.status == "FINISHED"
