@@ -7,7 +7,7 @@
   driver (attached with RAY_ADDRESS) is SIGKILLed halfway and `--resume` from a fresh directory, against the
   same, still running cluster, finishes it from the bucket alone;
 - load: 32 short trials, 4 at a time over both nodes; the driver's memory is sampled throughout, and a trial
-  whose Tune state stops moving fails the test naming it (see STALL_S); ~8 min;
+  whose Tune state stops moving fails the test naming it (see STALL_S); ~6 min;
 - the second node is lost (its raylet SIGKILLed) mid-sweep: its trials go on from their last checkpoints
   on the head (last: node2 stays dead).
 
@@ -56,7 +56,7 @@ from tests.test_mlflow_outage import expected_points, server_points
 from tests.test_ray_sweep import REPO, base_config
 
 # CI runs the token and the bucket tests (with the cluster's start, ~170 s on a quiet 2-core machine; the
-# bucket sweep is CI's only driver-death test). The lost node (~120 s) and the 32-trial load (~8 min) run
+# bucket sweep is CI's only driver-death test). The lost node (~120 s) and the 32-trial load (~6 min) run
 # with PREFSWEEP_CLUSTER_TESTS=1: with them a fresh-clone `.ci/run` took 28 min (2026-12-04), over its 25.
 CLUSTER_TESTS = os.environ.get("PREFSWEEP_CLUSTER_TESTS") == "1"
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -269,9 +269,9 @@ def sweep_in_a_bucket(cluster: Cluster, s3: S3Server, tracking_uri: str, tiny_mo
 # ------------------------------------------------------------------------------------------- load
 
 
-# 32 trials cost ~30 CPU-seconds each (7 Ray processes a trial: the Tune trial, Ray Train's controller,
-# placement-group cleaner, dataset manager and sync actor, the report queue, the worker; see the report of
-# issue 19): ~8 min on 2 quiet cores.
+# 32 trials cost ~18 CPU-seconds each (a trial's Ray Train run: the worker, Ray Train's controller,
+# placement-group cleaner and sync actor; the Tune trial actors are reused, the report slots shared; see
+# BENCHMARKS.md, "After the session-7 cuts"): 356 s at load 3-8 on 2 cores.
 @beyond_ci
 @pytest.mark.timeout(1800)
 def test_32_short_trials_4_at_a_time_lose_no_point_and_the_driver_stays_flat(cluster, tiny_model, tmp_path):
