@@ -88,13 +88,13 @@ def test_a_trial_tune_ends_mid_run_aborts_its_run_before_its_thread_ends():
     reports, aborted, got = queue.Queue(1), threading.Event(), []
 
     def fit():  # trains until aborted, a report per step
-        step = 0
+        step = 1
         while not aborted.is_set():
-            step += 1
             try:
                 reports.put({"step": step}, timeout=0.01)
+                step += 1
             except queue.Full:
-                step -= 1
+                pass
         return "aborted"
 
     def report(item):
