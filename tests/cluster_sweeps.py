@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 from mlflow import MlflowClient
 
+from rayjobs.worker import report_interval
 from tests.ray_cluster import Cluster
 from tests.test_fault_driver_death import tune_trials
 from tests.test_ray_sweep import REPO
@@ -94,6 +95,14 @@ def spool_end(output_dir: Path) -> str:
         if item.get("op") in ("open", "end"):
             ended = item.get("status", "not ended") if item["op"] == "end" else "not ended"
     return ended
+
+
+def steps_at_risk(save_steps: int, max_steps: int, logging_steps: int = 1) -> int:
+    """The most steps a trial can train past the checkpoint it is restored from when its driver or node dies:
+    one save interval, plus the steps it trains while that checkpoint's report waits in the worker's one-slot
+    result queue for the Ray Train controller's next poll (every 2 s; the next report blocks), which may never
+    come. Every step after it is re-run on resume, never logged twice."""
+    return save_steps + report_interval(0, max_steps, logging_steps)
 
 
 def checkpoint_step(exp: Path, trial: str) -> int:
