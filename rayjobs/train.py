@@ -158,6 +158,7 @@ def make_torch_trainer(
     progress: bool = False,
     metric: str | None = None,
     invocation: str | None = None,
+    private_ray: bool = False,
 ):
     """A `TorchTrainer` whose workers run `run_training` on `cfg` (from `prepare_config`: absolute paths).
 
@@ -165,6 +166,7 @@ def make_torch_trainer(
     values; the callback is built inside each worker and only rank 0 logs), or None. `metric`: a
     sweep's metric, reported first at every step (see `rayjobs.worker.RayReportCallback`).
     `invocation`: the id of an earlier `fit()` whose checkpoints the workers may resume from.
+    `private_ray`: the run owns the local Ray it runs on (see `rayjobs.torch_trainer`).
     """
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig
     from ray.train.torch import TorchConfig
@@ -184,6 +186,7 @@ def make_torch_trainer(
         loop.invocation = invocation
     return LeanTorchTrainer(
         train_fn_per_worker,
+        private_ray=private_ray,
         train_loop_config={"loop": loop},
         # Ray Train, not transformers, opens the process group: ddp_timeout (LF sets it) is its timeout
         torch_config=TorchConfig(backend="nccl" if cfg.ray.use_gpu else "gloo",
@@ -228,10 +231,12 @@ def run(source: str | Path | dict, overrides: Sequence[str] = (), *, log_model: 
 
     mark("config_parsed")
     run_name = cfg.ray.run_name or cfg.output_dir.name
+    private_ray = False
     if cfg.use_ray:
         from rayjobs.local_ray import ensure_ray
 
-        ensure_ray(init_kwargs=cfg.ray.init_kwargs)  # before the MLflow tags, which record the Ray job id
+        # before the MLflow tags, which record the Ray job id; a Ray of its own needs no dashboard
+        private_ray = ensure_ray(init_kwargs=cfg.ray.init_kwargs, dashboard=False) == "local"
     tracking = None
     if track:
         from rayjobs.tracking.store import try_ensure_experiment
@@ -241,7 +246,8 @@ def run(source: str | Path | dict, overrides: Sequence[str] = (), *, log_model: 
         metrics = _run_in_process(cfg, tracking, own_process=own_process)
     else:
         # tqdm_ray redraws its bar with every forwarded log line: only worth it on a terminal.
-        trainer = make_torch_trainer(cfg, name=run_name, tracking=tracking, progress=sys.stdout.isatty())
+        trainer = make_torch_trainer(cfg, name=run_name, tracking=tracking, progress=sys.stdout.isatty(),
+                                     private_ray=private_ray)
         trainer.fit()
         metrics = _final_metrics(cfg.output_dir)
     _print_summary(cfg, metrics, tracked=track)

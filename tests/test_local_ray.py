@@ -40,6 +40,12 @@ def test_local_ray_starts_without_prestarted_workers_or_metrics_and_trains_at_th
     assert kwargs["runtime_env"]["env_vars"]["PYTHONPATH"].split(os.pathsep)[0] == str(local_ray.PROJECT_ROOT)
 
 
+def test_a_single_runs_ray_starts_no_dashboard_a_sweeps_does(init_calls):
+    local_ray.ensure_ray(dashboard=False)  # `prefsweep train`: no placement-group cleaner asks the state API
+    local_ray.ensure_ray()
+    assert [kwargs["include_dashboard"] for kwargs in init_calls] == [False, True]
+
+
 def test_a_configs_init_kwargs_system_config_wins_key_by_key(init_calls):
     local_ray.ensure_ray(init_kwargs={"_system_config": {"enable_metrics_collection": True, "event_stats": False}})
     (kwargs,) = init_calls

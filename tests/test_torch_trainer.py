@@ -1,7 +1,10 @@
 """`rayjobs.torch_trainer.LeanTorchTrainer`: Ray Train's `TorchTrainer` less the dataset manager actor a run
-without Ray Datasets would start for nothing."""
+without Ray Datasets would start for nothing, and, for a run that owns its Ray, less the placement-group
+cleaner and the autoscaling coordinator."""
 
 from __future__ import annotations
+
+import pytest
 
 
 def test_a_run_without_datasets_starts_no_dataset_manager_and_keeps_every_other_callback():
@@ -20,3 +23,36 @@ def test_a_run_without_datasets_starts_no_dataset_manager_and_keeps_every_other_
     assert names(lean) == [n for n in names(plain) if n != DatasetsCallback.__name__]
     lean.datasets = {"train": [1, 2]}  # given datasets, it is the plain trainer
     assert names(lean) == names(plain)
+
+
+def test_a_run_that_owns_its_ray_starts_no_placement_group_cleaner_and_asks_no_autoscaler(monkeypatch):
+    from ray.train import ScalingConfig
+    from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+    from ray.train.v2._internal.execution.scaling_policy import FixedScalingPolicy, ResizeDecision
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+
+    from rayjobs.torch_trainer import LeanTorchTrainer, NoAutoscalerScalingPolicy
+
+    def names(trainer):
+        return [type(c).__name__ for c in trainer._create_default_callbacks()]
+
+    scaling = ScalingConfig(num_workers=2, resources_per_worker={"CPU": 3})
+    shared = LeanTorchTrainer(lambda: None, scaling_config=scaling)
+    own = LeanTorchTrainer(lambda: None, scaling_config=scaling, private_ray=True)
+    assert PlacementGroupCleanerCallback.__name__ in names(shared)
+    assert names(own) == [n for n in names(shared) if n != PlacementGroupCleanerCallback.__name__]
+
+    # the controller gets a fixed-size policy that decides as Ray's does, with no coordinator to ask
+    handed: list[dict] = []
+    monkeypatch.setattr(DataParallelTrainer, "_initialize_and_run_controller", lambda self, **kw: handed.append(kw))
+    for trainer in (shared, own):
+        trainer._initialize_and_run_controller(scaling_policy=FixedScalingPolicy(scaling), callbacks=[])
+    assert type(handed[0]["scaling_policy"]) is FixedScalingPolicy
+    policy = handed[1]["scaling_policy"]
+    assert type(policy) is NoAutoscalerScalingPolicy and policy.scaling_config is scaling
+    policy.after_controller_start(train_run_context=None)  # Ray's would start the coordinator actor here
+    assert policy._coordinator_client is None
+    decision = policy.make_decision_for_non_running_worker_group()
+    assert decision == ResizeDecision(num_workers=2, resources_per_worker={"CPU": 3})
+    with pytest.raises(AssertionError):  # Ray's own policy cannot decide without the coordinator it registered
+        FixedScalingPolicy(scaling).make_decision_for_non_running_worker_group()
