@@ -226,17 +226,17 @@ def run(source: str | Path | dict, overrides: Sequence[str] = (), *, log_model: 
         track: bool = True, own_process: bool = False) -> dict[str, float]:
     """Train one run (through Ray Train unless `use_ray: false`); return its final metrics.
     `own_process`: this process exists for this run (the CLI), so packages it does not use may be kept out."""
-    cfg = prepare_config(source, overrides)
+    cfg, how = _prepare_while_ray_starts(source, overrides) if own_process else (prepare_config(source, overrides), None)
     from trainer.phases import mark
 
     mark("config_parsed")
     run_name = cfg.ray.run_name or cfg.output_dir.name
-    private_ray = False
-    if cfg.use_ray:
+    if cfg.use_ray and how is None:
         from rayjobs.local_ray import ensure_ray
 
         # before the MLflow tags, which record the Ray job id; a Ray of its own needs no dashboard
-        private_ray = ensure_ray(init_kwargs=cfg.ray.init_kwargs, dashboard=False) == "local"
+        how = ensure_ray(init_kwargs=cfg.ray.init_kwargs, dashboard=False)
+    private_ray = how == "local"
     tracking = None
     if track:
         from rayjobs.tracking.store import try_ensure_experiment
@@ -252,6 +252,54 @@ def run(source: str | Path | dict, overrides: Sequence[str] = (), *, log_model: 
         metrics = _final_metrics(cfg.output_dir)
     _print_summary(cfg, metrics, tracked=track)
     return metrics
+
+
+def _prepare_while_ray_starts(source: str | Path | dict, overrides: Sequence[str]) -> tuple[TrainConfig, str | None]:
+    """`prepare_config` in a thread while this thread starts Ray: on 2 cores Ray's start (its daemons, ~2.7 s)
+    and the validation (mostly importing transformers, ~2.8 s) overlap. Only when the config, read without
+    validation, asks for Ray (`use_ray`, the default) with no `ray.init_kwargs`; otherwise, or when it cannot
+    be read that way, nothing starts early. Returns the config and `ensure_ray`'s answer (None: not started).
+    A config error wins over a Ray start error: it is the one the user can fix; a private Ray started for a
+    config that turns out wrong is shut down before the error is raised."""
+    import threading
+
+    from rayjobs.local_ray import ensure_ray
+    from trainer.config.coerce import coerce
+    from trainer.config.parsing import apply_overrides, read_yaml
+
+    try:
+        raw = apply_overrides(read_yaml(source) if not isinstance(source, dict) else dict(source), overrides)
+        early = (coerce("use_ray", raw.get("use_ray", True), bool) and "ray_init_kwargs" not in raw
+                 and not (raw.get("ray") or {}).get("init_kwargs"))
+    except (ConfigError, AttributeError):  # prepare_config says what is wrong
+        early = False
+    if not early:
+        return prepare_config(source, overrides), None
+    outcome: dict[str, Any] = {}
+
+    def validate() -> None:
+        try:
+            outcome["cfg"] = prepare_config(source, overrides)
+        except BaseException as err:  # re-raised in this thread below
+            outcome["error"] = err
+
+    thread = threading.Thread(target=validate, name="prefsweep-config", daemon=True)
+    thread.start()
+    try:
+        how = ensure_ray(dashboard=False)
+    except BaseException:
+        thread.join()
+        if "error" in outcome:
+            raise outcome["error"] from None
+        raise
+    thread.join()
+    if "error" in outcome:
+        if how == "local":  # started here for nothing: not left running in a caller's process
+            import ray
+
+            ray.shutdown()
+        raise outcome["error"]
+    return outcome["cfg"], how
 
 
 def _run_in_process(cfg: TrainConfig, tracking: dict | None, *, own_process: bool = False) -> dict[str, float]:
