@@ -182,6 +182,21 @@ def _resume_checkpoint(invocation: str, output_dir: Path) -> str | None:
     return str(path)
 
 
+def quiet_report_log() -> None:
+    """Ray Train (2.60) logs every report, its whole metrics dict, at INFO from a logger named by its file
+    path (`ray/train/v2/_internal/execution/context.py`): outside `ray.train`, so the run's
+    `LoggingConfig(log_level="WARNING")` misses it and each report prints a screen-wide line. Its
+    warnings still print."""
+    import logging
+
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:  # another Ray layout
+        return
+    if isinstance(getattr(context, "logger", None), logging.Logger):
+        context.logger.setLevel(logging.WARNING)
+
+
 def run_worker(loop: TrainLoop) -> None:
     """The same `run_training` as in-process, plus the Ray report callback, (rank 0) MLflow and the
     callbacks `loop.callbacks` installs. `loop.config` is the driver's parsed config, used as it is
@@ -190,6 +205,7 @@ def run_worker(loop: TrainLoop) -> None:
 
     from trainer.workflow import run_training
 
+    quiet_report_log()
     cfg = loop.config
     resume = _resume_checkpoint(loop.invocation, cfg.output_dir)
     if resume is not None:

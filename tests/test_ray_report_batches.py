@@ -54,3 +54,24 @@ def test_without_evaluation_training_logs_are_reported_every_interval():
     assert got == [(s, "train") for s in range(5, 41, 5)] + [(40, "summary")]
     every_3 = reported(RayReportCallback(every=3), max_steps=10, logging_steps=1, eval_steps=None)
     assert every_3 == [(3, "train"), (6, "train"), (9, "train"), (10, "train"), (10, "summary")]
+
+
+def test_the_worker_silences_ray_trains_per_report_info_line_but_not_its_warnings():
+    import logging
+
+    from ray.train.v2._internal.execution import context
+
+    from rayjobs.worker import quiet_report_log
+
+    ray_logger, root = context.logger, logging.getLogger()  # the logger Ray's report path writes to
+    levels = ray_logger.level, root.level
+    try:
+        ray_logger.setLevel(logging.NOTSET)
+        root.setLevel(logging.INFO)  # as Ray Train configures a worker's root logger
+        assert not ray_logger.name.startswith("ray.train")  # why Ray's LoggingConfig misses it
+        assert ray_logger.isEnabledFor(logging.INFO)
+        quiet_report_log()
+        assert not ray_logger.isEnabledFor(logging.INFO) and ray_logger.isEnabledFor(logging.WARNING)
+    finally:
+        ray_logger.setLevel(levels[0])
+        root.setLevel(levels[1])
