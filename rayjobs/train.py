@@ -255,51 +255,44 @@ def run(source: str | Path | dict, overrides: Sequence[str] = (), *, log_model: 
 
 
 def _prepare_while_ray_starts(source: str | Path | dict, overrides: Sequence[str]) -> tuple[TrainConfig, str | None]:
-    """`prepare_config` in a thread while this thread starts Ray: on 2 cores Ray's start (its daemons, ~2.7 s)
+    """`prepare_config` on a thread while this thread starts Ray: on 2 cores Ray's start (its daemons, ~2.7 s)
     and the validation (mostly importing transformers, ~2.8 s) overlap. Only when the config, read without
-    validation, asks for Ray (`use_ray`, the default) with no `ray.init_kwargs`; otherwise, or when it cannot
-    be read that way, nothing starts early. Returns the config and `ensure_ray`'s answer (None: not started).
-    A config error wins over a Ray start error: it is the one the user can fix; a private Ray started for a
-    config that turns out wrong is shut down before the error is raised."""
-    import threading
+    validation (LF's and legacy key names mapped as `load_config` maps them), asks for Ray (`use_ray`, the
+    default) with no `ray.init_kwargs`; otherwise, or when it cannot be read that way, nothing starts early.
+    Returns the config and `ensure_ray`'s answer (None: not started). A config error wins over a Ray start
+    error: it is the one the user can fix; a private Ray started for a config that turns out wrong is shut
+    down before the error is raised."""
+    from concurrent.futures import ThreadPoolExecutor
 
     from rayjobs.local_ray import ensure_ray
     from trainer.config.coerce import coerce
+    from trainer.config.lf_compat import map_legacy_keys
+    from trainer.config.lf_keys import map_lf_keys
     from trainer.config.parsing import apply_overrides, read_yaml
 
     try:
         raw = apply_overrides(read_yaml(source) if not isinstance(source, dict) else dict(source), overrides)
-        early = (coerce("use_ray", raw.get("use_ray", True), bool) and "ray_init_kwargs" not in raw
-                 and not (raw.get("ray") or {}).get("init_kwargs"))
+        raw = map_lf_keys(map_legacy_keys(raw))
+        early = coerce("use_ray", raw.get("use_ray", True), bool) and not (raw.get("ray") or {}).get("init_kwargs")
     except (ConfigError, AttributeError):  # prepare_config says what is wrong
         early = False
     if not early:
         return prepare_config(source, overrides), None
-    outcome: dict[str, Any] = {}
-
-    def validate() -> None:
+    with ThreadPoolExecutor(1, thread_name_prefix="prefsweep-config") as pool:
+        validated = pool.submit(prepare_config, source, overrides)
         try:
-            outcome["cfg"] = prepare_config(source, overrides)
-        except BaseException as err:  # re-raised in this thread below
-            outcome["error"] = err
+            how = ensure_ray(dashboard=False)
+        except BaseException:
+            if validated.exception() is not None:
+                raise validated.exception() from None
+            raise
+        if validated.exception() is not None:
+            if how == "local":  # started here for nothing: not left running in a caller's process
+                import ray
 
-    thread = threading.Thread(target=validate, name="prefsweep-config", daemon=True)
-    thread.start()
-    try:
-        how = ensure_ray(dashboard=False)
-    except BaseException:
-        thread.join()
-        if "error" in outcome:
-            raise outcome["error"] from None
-        raise
-    thread.join()
-    if "error" in outcome:
-        if how == "local":  # started here for nothing: not left running in a caller's process
-            import ray
-
-            ray.shutdown()
-        raise outcome["error"]
-    return outcome["cfg"], how
+                ray.shutdown()
+            raise validated.exception()
+        return validated.result(), how
 
 
 def _run_in_process(cfg: TrainConfig, tracking: dict | None, *, own_process: bool = False) -> dict[str, float]:

@@ -49,8 +49,9 @@ def test_ray_starts_while_the_config_is_validated_and_the_config_is_the_same(tin
     assert cfg == prepare(path, ["pref_beta=0.3"]) and cfg.finetuning.pref_beta == 0.3
 
 
-@pytest.mark.parametrize("change", [["use_ray=false"], ["ray.init_kwargs={num_cpus: 1}"]],
-                         ids=["in-process", "init_kwargs"])
+@pytest.mark.parametrize("change", [["use_ray=false"], ["ray.init_kwargs={num_cpus: 1}"],
+                                    ["ray_init_kwargs={num_cpus: 1}"]],
+                         ids=["in-process", "init_kwargs", "lf-ray_init_kwargs"])
 def test_nothing_starts_early_for_a_run_without_ray_or_with_its_own_init_kwargs(tiny, tmp_path, starts, change):
     cfg, how = ray_train._prepare_while_ray_starts(write(tmp_path, config(tiny, tmp_path / "out")), change)
     assert how is None and starts == []  # `run` starts Ray itself, with the validated init_kwargs
