@@ -14,14 +14,24 @@
     controller die while the driver lives on, polling Ray's state API every second for the whole run,
     which is also why the local Ray would need its dashboard. When this run's controller dies, `fit` raises,
     the driver exits and its Ray, placement group included, goes with it.
-  A sweep's trials share one Ray and keep both.
+  - the controller's own process: Ray Train runs its controller as an actor, a new Python process that
+    imports Ray Train and torch (`TorchConfig`) before it starts the first worker (~2 s on the critical
+    path, ~4 CPU-s on 2 cores). Here it runs in the driver, which has both imported already
+    (`DriverTrainController`); Ctrl-C stops the workers and raises `KeyboardInterrupt` in the driver.
+    Its one difference to the actor: a worker's train context has no controller handle, which only
+    `ray.train.get_all_reported_checkpoints` uses (prefsweep's workers do not).
+  A sweep's trials share one Ray and keep all three.
 
-This leans on `DataParallelTrainer._create_default_callbacks` and `_initialize_and_run_controller` (Ray 2.60,
+This leans on `DataParallelTrainer._create_default_callbacks` and `_initialize_and_run_controller`,
+`TrainController.worker_group_cls` and `WorkerGroup._init_train_context_on_workers` (Ray 2.60,
 `ray.train.v2`); where a Ray release lacks them or the classes, nothing is dropped.
 """
 
 from __future__ import annotations
 
+import asyncio
+
+import ray
 from ray.train.torch import TorchTrainer
 
 try:
@@ -51,6 +61,67 @@ if FixedScalingPolicy is not None:
 
 else:
     NoAutoscalerScalingPolicy = None
+try:
+    from ray.train.v2._internal.execution.controller import TrainController
+    from ray.train.v2._internal.execution.worker_group import WorkerGroup
+except ImportError:
+    TrainController = WorkerGroup = None
+
+
+if TrainController is not None and hasattr(WorkerGroup, "_init_train_context_on_workers"):
+
+    class DriverWorkerGroup(WorkerGroup):
+        """Ray Train's worker group, started from a controller that is not an actor."""
+
+        def _init_train_context_on_workers(self, workers, sync_actor, train_context_args):
+            # Ray's own passes `ray.get_runtime_context().current_actor`, which only an actor has.
+            ray.get([
+                worker.actor.init_train_context.remote(
+                    train_run_context=self._train_run_context,
+                    distributed_context=worker.distributed_context,
+                    synchronization_actor=sync_actor,
+                    storage_context=self._storage_context,
+                    worker_callbacks=self._worker_callbacks_to_propagate,
+                    controller_actor=None,
+                    **{arg: values[i] for arg, values in train_context_args.items()},
+                )
+                for i, worker in enumerate(workers)
+            ])
+            self._decorate_worker_log_file_paths(workers)
+
+    class DriverTrainController(TrainController):
+        """Ray Train's controller as a plain object of the driver (a run on its own private Ray)."""
+
+        worker_group_cls = DriverWorkerGroup
+
+        def run_here(self):
+            """Run the control loop to the end; the run's `Result`. Ctrl-C stops the workers first."""
+            try:
+                asyncio.run(self.run())
+            except KeyboardInterrupt:
+                self.stop_workers()
+                raise
+            return self.get_result()
+
+        def stop_workers(self) -> None:
+            """What the actor's `abort` does, but for its exit (the driver is not an actor to exit)."""
+            if self.get_state().is_terminal():
+                return
+            self._controller_callback_manager.invoke_best_effort("before_controller_abort")
+            if self._worker_group:
+                self._worker_group.abort()
+
+else:
+    DriverTrainController = None
+
+
+def _in_event_loop() -> bool:
+    """Whether this thread already runs an asyncio loop (a notebook's): the controller then stays an actor."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 class LeanTorchTrainer(TorchTrainer):
@@ -71,4 +142,6 @@ class LeanTorchTrainer(TorchTrainer):
         policy = controller_init_kwargs.get("scaling_policy")
         if self.private_ray and NoAutoscalerScalingPolicy is not None and type(policy) is FixedScalingPolicy:
             controller_init_kwargs["scaling_policy"] = NoAutoscalerScalingPolicy(policy.scaling_config)
+        if self.private_ray and DriverTrainController is not None and not _in_event_loop():
+            return DriverTrainController(**controller_init_kwargs).run_here()
         return super()._initialize_and_run_controller(**controller_init_kwargs)

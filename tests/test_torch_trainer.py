@@ -1,6 +1,7 @@
 """`rayjobs.torch_trainer.LeanTorchTrainer`: Ray Train's `TorchTrainer` less the dataset manager actor a run
 without Ray Datasets would start for nothing, and, for a run that owns its Ray, less the placement-group
-cleaner and the autoscaling coordinator."""
+cleaner, the autoscaling coordinator and the controller's own process (a real run of that controller:
+`tests/test_train_own_ray.py`)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ def test_a_run_that_owns_its_ray_starts_no_placement_group_cleaner_and_asks_no_a
     from ray.train.v2._internal.execution.scaling_policy import FixedScalingPolicy, ResizeDecision
     from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
+    from rayjobs import torch_trainer
     from rayjobs.torch_trainer import LeanTorchTrainer, NoAutoscalerScalingPolicy
 
     def names(trainer):
@@ -42,12 +44,23 @@ def test_a_run_that_owns_its_ray_starts_no_placement_group_cleaner_and_asks_no_a
     assert PlacementGroupCleanerCallback.__name__ in names(shared)
     assert names(own) == [n for n in names(shared) if n != PlacementGroupCleanerCallback.__name__]
 
-    # the controller gets a fixed-size policy that decides as Ray's does, with no coordinator to ask
+    # the controller gets a fixed-size policy that decides as Ray's does, with no coordinator to ask; the
+    # shared Ray's run hands it to Ray's controller actor, the own Ray's run to a controller in the driver
     handed: list[dict] = []
     monkeypatch.setattr(DataParallelTrainer, "_initialize_and_run_controller", lambda self, **kw: handed.append(kw))
+
+    class InDriver:
+        def __init__(self, **kw):
+            handed.append({**kw, "in_driver": True})
+
+        def run_here(self):
+            return "result"
+
+    monkeypatch.setattr(torch_trainer, "DriverTrainController", InDriver)
     for trainer in (shared, own):
         trainer._initialize_and_run_controller(scaling_policy=FixedScalingPolicy(scaling), callbacks=[])
-    assert type(handed[0]["scaling_policy"]) is FixedScalingPolicy
+    assert type(handed[0]["scaling_policy"]) is FixedScalingPolicy and "in_driver" not in handed[0]
+    assert handed[1]["in_driver"]
     policy = handed[1]["scaling_policy"]
     assert type(policy) is NoAutoscalerScalingPolicy and policy.scaling_config is scaling
     policy.after_controller_start(train_run_context=None)  # Ray's would start the coordinator actor here
@@ -56,3 +69,29 @@ def test_a_run_that_owns_its_ray_starts_no_placement_group_cleaner_and_asks_no_a
     assert decision == ResizeDecision(num_workers=2, resources_per_worker={"CPU": 3})
     with pytest.raises(AssertionError):  # Ray's own policy cannot decide without the coordinator it registered
         FixedScalingPolicy(scaling).make_decision_for_non_running_worker_group()
+
+
+def test_a_notebooks_running_event_loop_keeps_the_controller_an_actor(monkeypatch):
+    """`asyncio.run` cannot nest: inside a running loop (a notebook's) the own Ray's run uses Ray's actor."""
+    import asyncio
+
+    from ray.train import ScalingConfig
+    from ray.train.v2._internal.execution.scaling_policy import FixedScalingPolicy
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+
+    from rayjobs import torch_trainer
+
+    scaling = ScalingConfig(num_workers=1)
+    own = torch_trainer.LeanTorchTrainer(lambda: None, scaling_config=scaling, private_ray=True)
+    ways: list[str] = []
+    monkeypatch.setattr(DataParallelTrainer, "_initialize_and_run_controller", lambda self, **kw: ways.append("actor"))
+    monkeypatch.setattr(torch_trainer, "DriverTrainController",
+                        type("InDriver", (), {"__init__": lambda self, **kw: None,
+                                              "run_here": lambda self: ways.append("driver")}))
+
+    async def in_a_loop():
+        own._initialize_and_run_controller(scaling_policy=FixedScalingPolicy(scaling), callbacks=[])
+
+    own._initialize_and_run_controller(scaling_policy=FixedScalingPolicy(scaling), callbacks=[])
+    asyncio.run(in_a_loop())
+    assert ways == ["driver", "actor"]

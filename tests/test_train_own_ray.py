@@ -1,0 +1,147 @@
+"""A run on the private local Ray it starts (`prefsweep train` without RAY_ADDRESS): Ray Train's controller runs
+in the driver (`rayjobs.torch_trainer.DriverTrainController`), not as an actor of its own. Each test is its
+own process, as a user's run is: the private Ray is started and stopped by it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+from tests.test_ray_train import config
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+# Two workers on a private Ray; the first attempt fails on rank 0 after both joined the process group, the
+# second all-reduces the ranks (0 + 1) over gloo and reports it with a checkpoint. The driver prints the
+# result and the classes of the actors Ray created (GCS's table: a private Ray has no dashboard).
+FAIL_ONCE = textwrap.dedent("""
+    import json, os, sys, tempfile
+    from pathlib import Path
+    import ray
+    from ray.train import Checkpoint, FailureConfig, RunConfig, ScalingConfig
+    from rayjobs.local_ray import ensure_ray
+    from rayjobs.torch_trainer import LeanTorchTrainer
+
+    marker = Path(sys.argv[1]) / "failed_once"
+
+    def train_fn():
+        import torch
+        import torch.distributed as dist
+        rank = ray.train.get_context().get_world_rank()
+        total = torch.tensor([float(rank)])
+        dist.all_reduce(total)
+        if rank == 0 and not marker.exists():
+            marker.write_text("1")
+            raise RuntimeError("first attempt fails")
+        with tempfile.TemporaryDirectory() as tmp:
+            Path(tmp, "rank_sum.txt").write_text(str(total.item()))
+            ray.train.report({"rank_sum": total.item(), "world": dist.get_world_size()},
+                             checkpoint=Checkpoint.from_directory(tmp) if rank == 0 else None)
+
+    how = ensure_ray(dashboard=False)
+    trainer = LeanTorchTrainer(train_fn, private_ray=how == "local",
+                               scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.5}),
+                               run_config=RunConfig(name="own", storage_path=sys.argv[1],
+                                                    failure_config=FailureConfig(max_failures=1)))
+    result = trainer.fit()
+    classes = sorted({a["ActorClassName"].rsplit(".", 1)[-1] for a in ray._private.state.actors().values()})
+    with result.checkpoint.as_directory() as ckpt:
+        saved = Path(ckpt, "rank_sum.txt").read_text()
+    print("RESULT " + json.dumps({"how": how, "metrics": result.metrics, "saved": saved, "actors": classes}))
+""")
+
+# One worker that says where it is, then trains "forever".
+SLEEPER = textwrap.dedent("""
+    import os, sys, time
+    from pathlib import Path
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from rayjobs.local_ray import ensure_ray
+    from rayjobs.torch_trainer import LeanTorchTrainer
+
+    pid_file = Path(sys.argv[1]) / "worker.pid"  # the driver's argv: the function carries it to the worker
+
+    def train_fn():
+        pid_file.write_text(str(os.getpid()))
+        time.sleep(600)
+
+    ensure_ray(dashboard=False)
+    LeanTorchTrainer(train_fn, private_ray=True, scaling_config=ScalingConfig(num_workers=1),
+                     run_config=RunConfig(name="sleeper", storage_path=sys.argv[1])).fit()
+""")
+
+
+def own_ray_env() -> dict[str, str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    env.pop("RAY_ADDRESS", None)  # a private Ray, as on a laptop
+    return env
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as stat:  # a zombie is gone for the user
+        return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_the_driver_runs_the_controller_through_a_worker_failure_to_a_checkpoint(tmp_path):
+    run = subprocess.run([sys.executable, "-c", FAIL_ONCE, str(tmp_path)], cwd=REPO, env=own_ray_env(),
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-4000:]
+    result = json.loads(next(line for line in run.stdout.splitlines() if line.startswith("RESULT "))[7:])
+    assert result["how"] == "local"
+    assert (tmp_path / "failed_once").is_file()  # the first attempt did fail: the second is Ray Train's retry
+    assert result["metrics"] == {"rank_sum": 1.0, "world": 2}  # both ranks in one gloo group, 0 + 1
+    assert result["saved"] == "1.0"  # the checkpoint the driver's controller registered is rank 0's
+    assert "TrainController" not in result["actors"]
+    assert {"RayTrainWorker", "SynchronizationActor"} <= set(result["actors"])
+
+
+def test_ctrl_c_stops_the_workers_and_the_run(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-c", SLEEPER, str(tmp_path)], cwd=REPO, env=own_ray_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        pid_file = tmp_path / "worker.pid"
+        deadline = time.monotonic() + 180
+        while not pid_file.is_file() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert pid_file.is_file(), proc.communicate(timeout=60)[1][-4000:]
+        worker = int(pid_file.read_text())
+        os.kill(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=60)  # well before the worker's 600 s sleep ends
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode != 0 and "KeyboardInterrupt" in err, err[-3000:]
+    deadline = time.monotonic() + 30
+    while alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not alive(worker)
+
+
+def test_prefsweep_train_on_its_own_ray_logs_the_in_process_losses(tiny, tmp_path):
+    """The README's command on a private Ray and with `use_ray=false`: the same steps, the same losses."""
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config(tiny, tmp_path / "out")))
+    losses = {}
+    for use_ray in ("true", "false"):
+        out = tmp_path / f"out_{use_ray}"
+        run = subprocess.run([sys.executable, "-m", "rayjobs.cli", "train", str(path), f"use_ray={use_ray}",
+                              f"output_dir={out}", "--no-mlflow"], cwd=REPO, env=own_ray_env(),
+                             capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stderr[-4000:]
+        state = json.loads((out / "trainer_state.json").read_text())
+        losses[use_ray] = [(e["step"], e["loss"]) for e in state["log_history"] if "loss" in e]
+    assert [step for step, _ in losses["true"]] == [1, 2, 3, 4]
+    assert losses["true"] == pytest.approx(losses["false"], abs=1e-6)
