@@ -143,5 +143,5 @@ def test_prefsweep_train_on_its_own_ray_logs_the_in_process_losses(tiny, tmp_pat
         assert run.returncode == 0, run.stderr[-4000:]
         state = json.loads((out / "trainer_state.json").read_text())
         losses[use_ray] = [(e["step"], e["loss"]) for e in state["log_history"] if "loss" in e]
-    assert [step for step, _ in losses["true"]] == [1, 2, 3, 4]
-    assert losses["true"] == pytest.approx(losses["false"], abs=1e-6)
+    assert [step for step, _ in losses["true"]] == [step for step, _ in losses["false"]] == [1, 2, 3, 4]
+    assert [loss for _, loss in losses["true"]] == pytest.approx([loss for _, loss in losses["false"]], abs=1e-6)
