@@ -30,9 +30,12 @@ This leans on `DataParallelTrainer._create_default_callbacks` and `_initialize_a
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import ray
 from ray.train.torch import TorchTrainer
+
+logger = logging.getLogger("prefsweep")
 
 try:
     from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
@@ -108,8 +111,11 @@ if TrainController is not None and hasattr(WorkerGroup, "_init_train_context_on_
             if self.get_state().is_terminal():
                 return
             self._controller_callback_manager.invoke_best_effort("before_controller_abort")
-            if self._worker_group:
-                self._worker_group.abort()
+            try:  # Ctrl-C may come while the group starts; the KeyboardInterrupt is what the user must see
+                if self._worker_group:
+                    self._worker_group.abort()
+            except Exception:
+                logger.exception("prefsweep: stopping the Ray Train workers after Ctrl-C failed")
 
 else:
     DriverTrainController = None
