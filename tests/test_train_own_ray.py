@@ -12,6 +12,7 @@ import sys
 import textwrap
 import time
 
+import psutil
 import pytest
 import yaml
 
@@ -24,7 +25,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 # second all-reduces the ranks (0 + 1) over gloo and reports it with a checkpoint. The driver prints the
 # result and the classes of the actors Ray created (GCS's table: a private Ray has no dashboard).
 FAIL_ONCE = textwrap.dedent("""
-    import json, os, sys, tempfile
+    import json, sys, tempfile
     from pathlib import Path
     import ray
     from ray.train import Checkpoint, FailureConfig, RunConfig, ScalingConfig
@@ -63,7 +64,6 @@ FAIL_ONCE = textwrap.dedent("""
 SLEEPER = textwrap.dedent("""
     import os, sys, time
     from pathlib import Path
-    import ray
     from ray.train import RunConfig, ScalingConfig
     from rayjobs.local_ray import ensure_ray
     from rayjobs.torch_trainer import LeanTorchTrainer
@@ -88,11 +88,9 @@ def own_ray_env() -> dict[str, str]:
 
 def alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE  # a zombie is gone for the user
+    except psutil.NoSuchProcess:
         return False
-    with open(f"/proc/{pid}/stat") as stat:  # a zombie is gone for the user
-        return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def test_the_driver_runs_the_controller_through_a_worker_failure_to_a_checkpoint(tmp_path):
