@@ -7,6 +7,7 @@ one inside the worker, where transformers and MLflow are needed anyway.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -197,6 +198,21 @@ def quiet_report_log() -> None:
         context.logger.setLevel(logging.WARNING)
 
 
+def train_as_one_process(world_size: int, deepspeed: bool, environ=None) -> bool:
+    """A run with one worker trains as the in-process run does: no DistributedDataParallel.
+
+    Ray Train opens a process group and sets `LOCAL_RANK` even for a single worker, and from `LOCAL_RANK`
+    accelerate concludes a distributed run (MULTI_CPU / MULTI_GPU), so the Trainer would wrap the model in
+    DDP with a world of one: every backward copies each gradient into DDP's buckets and all-reduces them
+    with itself. Without `LOCAL_RANK` accelerate sees one process; Ray's process group stays open, unused.
+    DeepSpeed keeps it (its engine reads the launcher's environment). Returns whether it was dropped."""
+    environ = os.environ if environ is None else environ
+    if world_size != 1 or deepspeed or "LOCAL_RANK" not in environ:
+        return False
+    del environ["LOCAL_RANK"]
+    return True
+
+
 def run_worker(loop: TrainLoop) -> None:
     """The same `run_training` as in-process, plus the Ray report callback, (rank 0) MLflow and the
     callbacks `loop.callbacks` installs. `loop.config` is the driver's parsed config, used as it is
@@ -216,7 +232,9 @@ def run_worker(loop: TrainLoop) -> None:
         import deepspeed
 
         deepspeed.init_distributed(dist_backend="nccl" if cfg.ray.use_gpu else "gloo")
-    rank = ray.train.get_context().get_world_rank()
+    context = ray.train.get_context()
+    train_as_one_process(context.get_world_size(), bool(cfg.training.get("deepspeed")))
+    rank = context.get_world_rank()
     callbacks: list[TrainerCallback] = [RayReportCallback(loop.invocation, loop.metric, cfg.ray.report_every_steps)]
     callbacks += [callback for make in loop.callbacks if (callback := make(rank)) is not None]
     if loop.progress and rank == 0:

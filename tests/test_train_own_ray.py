@@ -80,6 +80,9 @@ SLEEPER = textwrap.dedent("""
 """)
 
 
+PARALLEL_MODE = "import sys, torch; print(torch.load(sys.argv[1], weights_only=False).parallel_mode.name)"
+
+
 def own_ray_env() -> dict[str, str]:
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     env.pop("RAY_ADDRESS", None)  # a private Ray, as on a laptop
@@ -129,10 +132,11 @@ def test_ctrl_c_stops_the_workers_and_the_run(tmp_path):
 
 
 def test_prefsweep_train_on_its_own_ray_logs_the_in_process_losses(tiny, tmp_path):
-    """The README's command on a private Ray and with `use_ray=false`: the same steps, the same losses."""
+    """The README's command on a private Ray and with `use_ray=false`: the same steps, the same losses, and
+    the one Ray worker trains as one process does (no DistributedDataParallel around a world of one)."""
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(config(tiny, tmp_path / "out")))
-    losses = {}
+    losses, modes = {}, {}
     for use_ray in ("true", "false"):
         out = tmp_path / f"out_{use_ray}"
         run = subprocess.run([sys.executable, "-m", "rayjobs.cli", "train", str(path), f"use_ray={use_ray}",
@@ -141,5 +145,10 @@ def test_prefsweep_train_on_its_own_ray_logs_the_in_process_losses(tiny, tmp_pat
         assert run.returncode == 0, run.stderr[-4000:]
         state = json.loads((out / "trainer_state.json").read_text())
         losses[use_ray] = [(e["step"], e["loss"]) for e in state["log_history"] if "loss" in e]
+        # the Trainer's arguments as it saved them; read in a process of its own (accelerate's state is global)
+        modes[use_ray] = subprocess.run(
+            [sys.executable, "-c", PARALLEL_MODE, str(out / "training_args.bin")], cwd=REPO, env=own_ray_env(),
+            capture_output=True, text=True, timeout=120, check=True).stdout.split()[-1]
     assert [step for step, _ in losses["true"]] == [step for step, _ in losses["false"]] == [1, 2, 3, 4]
     assert [loss for _, loss in losses["true"]] == pytest.approx([loss for _, loss in losses["false"]], abs=1e-6)
+    assert modes == {"true": "NOT_PARALLEL", "false": "NOT_PARALLEL"}
