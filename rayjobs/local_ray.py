@@ -20,6 +20,7 @@ installed (a plain checkout), so the checkout root is put on their `PYTHONPATH`.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 from pathlib import Path
@@ -124,7 +125,31 @@ def ensure_ray(*, num_cpus: int | None = None, num_gpus: int | None = None, log_
         "log_to_driver": log_to_driver,
         **extra,
     })
+    # registered after Ray's own exit hook, so it runs first (atexit is last in, first out)
+    atexit.register(stop_autoscaler_monitor)
     return "local"
+
+
+def stop_autoscaler_monitor() -> bool:
+    """Kill the autoscaler monitor of the local Ray this process started; True when one was running.
+
+    A local Ray has nothing to autoscale, but Ray starts the monitor anyway and stops it last, after the GCS:
+    the monitor then handles SIGTERM by talking to a GCS that is gone, and Ray waits its full second before it
+    kills it (measured: `ray.shutdown` 1.35 s, 0.13 s with the monitor gone first). SIGKILL, not SIGTERM: on
+    SIGTERM it reports "The autoscaler failed" to the driver's console. Uses Ray's node object (2.60 layout);
+    with another layout it does nothing and Ray stops the monitor as before."""
+    import ray._private.worker as ray_worker
+
+    node = getattr(ray_worker, "_global_node", None)
+    processes = getattr(node, "all_processes", None) or {}
+    stopped = False
+    for info in processes.get("monitor", []):
+        process = getattr(info, "process", None)
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait(timeout=5)
+            stopped = True
+    return stopped
 
 
 def cluster_resources() -> dict[str, float]:

@@ -114,6 +114,9 @@ def prepare_config(source: str | Path | dict, overrides: Sequence[str] | dict = 
 
 def train_fn_per_worker(loop_config: dict) -> None:
     """Ray Train's per-worker entry (`loop_config["loop"]`: a `TrainLoop`); see `rayjobs.worker.run_worker`."""
+    from rayjobs.worker_warmup import wait
+
+    wait()  # the imports a private run's worker began at its start (rayjobs.worker_warmup), before any other
     from trainer.phases import mark
     from trainer.unused_imports import skip_unused_deepspeed
 
@@ -172,6 +175,7 @@ def make_torch_trainer(
     from ray.train.torch import TorchConfig
 
     from rayjobs.torch_trainer import LeanTorchTrainer
+    from rayjobs.worker_warmup import worker_env
 
     # Ray Train's controller takes a worker's report when it polls the workers (every 2 s by
     # default) and the worker's next report waits for that: reporting every log step needs a
@@ -198,6 +202,9 @@ def make_torch_trainer(
             failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.ray.num_to_keep),
             callbacks=list(callbacks) or None,
+            # a private Ray's workers import the training stack while Ray Train sets them up
+            worker_runtime_env={"env_vars": worker_env(deepspeed=bool(cfg.training.get("deepspeed")))}
+            if private_ray else None,
             # INFO prints every report's whole metrics dict; the trainer prints its own logs
             logging_config=LoggingConfig(log_level="WARNING"),
         ),

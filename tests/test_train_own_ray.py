@@ -80,6 +80,21 @@ SLEEPER = textwrap.dedent("""
 """)
 
 
+# A private Ray, a task run on it, then what `stop_autoscaler_monitor` (registered at exit) does to its monitor.
+MONITOR = textwrap.dedent("""
+    import json
+    import ray
+    import ray._private.worker as ray_worker
+    from rayjobs.local_ray import ensure_ray, stop_autoscaler_monitor
+
+    ensure_ray(dashboard=False)
+    assert ray.get(ray.remote(lambda: 41 + 1).remote()) == 42
+    monitor = ray_worker._global_node.all_processes["monitor"][0].process
+    alive_before = monitor.poll() is None
+    print("RESULT " + json.dumps({"alive_before": alive_before, "stopped": stop_autoscaler_monitor(),
+                                  "exit_code": monitor.poll(), "again": stop_autoscaler_monitor()}))
+""")
+
 PARALLEL_MODE = "import sys, torch; print(torch.load(sys.argv[1], weights_only=False).parallel_mode.name)"
 
 
@@ -131,17 +146,30 @@ def test_ctrl_c_stops_the_workers_and_the_run(tmp_path):
     assert not alive(worker)
 
 
+def test_the_autoscaler_monitor_is_killed_before_ray_stops_it_the_slow_way(tmp_path):
+    run = subprocess.run([sys.executable, "-c", MONITOR], cwd=REPO, env=own_ray_env(), capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-4000:]
+    result = json.loads(next(line for line in run.stdout.splitlines() if line.startswith("RESULT "))[7:])
+    # running until then, killed (SIGKILL: -9) and reaped, and a second call finds nothing left to stop
+    assert result == {"alive_before": True, "stopped": True, "exit_code": -9, "again": False}
+    assert "autoscaler failed" not in run.stdout + run.stderr  # what a SIGTERM would have printed
+
+
 def test_prefsweep_train_on_its_own_ray_logs_the_in_process_losses(tiny, tmp_path):
     """The README's command on a private Ray and with `use_ray=false`: the same steps, the same losses, and
     the one Ray worker trains as one process does (no DistributedDataParallel around a world of one)."""
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(config(tiny, tmp_path / "out")))
-    losses, modes = {}, {}
+    losses, modes, marks = {}, {}, {}
     for use_ray in ("true", "false"):
         out = tmp_path / f"out_{use_ray}"
+        phases = tmp_path / f"phases_{use_ray}.txt"  # trainer.phases marks, from every process of the run
         run = subprocess.run([sys.executable, "-m", "rayjobs.cli", "train", str(path), f"use_ray={use_ray}",
-                              f"output_dir={out}", "--no-mlflow"], cwd=REPO, env=own_ray_env(),
+                              f"output_dir={out}", "--no-mlflow"], cwd=REPO,
+                             env={**own_ray_env(), "PREFSWEEP_PHASES": str(phases)},
                              capture_output=True, text=True, timeout=600)
+        marks[use_ray] = {name: (float(when), pid) for name, when, pid in map(str.split, phases.read_text().splitlines())}
         assert run.returncode == 0, run.stderr[-4000:]
         state = json.loads((out / "trainer_state.json").read_text())
         losses[use_ray] = [(e["step"], e["loss"]) for e in state["log_history"] if "loss" in e]
@@ -152,3 +180,11 @@ def test_prefsweep_train_on_its_own_ray_logs_the_in_process_losses(tiny, tmp_pat
     assert [step for step, _ in losses["true"]] == [step for step, _ in losses["false"]] == [1, 2, 3, 4]
     assert [loss for _, loss in losses["true"]] == pytest.approx([loss for _, loss in losses["false"]], abs=1e-6)
     assert modes == {"true": "NOT_PARALLEL", "false": "NOT_PARALLEL"}
+    # the Ray worker imported the training stack from its set-up hook on (rayjobs.worker_warmup), and the
+    # training function began after those imports ended; in-process nothing of it runs
+    ray_marks = marks["true"]
+    warm = ("warmup_start", "warmup_torch", "warmup_done", "worker_start", "build_start")
+    assert [ray_marks[name][0] for name in warm] == sorted(ray_marks[name][0] for name in warm)
+    assert {ray_marks[name][1] for name in warm} == {ray_marks["worker_start"][1]}  # one process: the worker
+    assert ray_marks["worker_start"][1] != ray_marks["config_parsed"][1]  # ... not the driver
+    assert not {name for name in marks["false"] if name.startswith("warmup_")}
