@@ -121,6 +121,8 @@ def train_fn_per_worker(loop_config: dict) -> None:
     from trainer.unused_imports import skip_unused_deepspeed
 
     mark("worker_start")
+    if "torch" in sys.modules:  # the threads this worker trains with (Ray's rule: its CPUs; rayjobs.worker_warmup)
+        mark(f"worker_torch_threads={sys.modules['torch'].get_num_threads()}")
     skip_unused_deepspeed(loop_config["loop"].config)  # a worker process runs this one config
     from rayjobs.worker import run_worker
 
@@ -184,6 +186,7 @@ def make_torch_trainer(
     # Ray Train's print patch bypasses `sys.stdout`, so output that libraries capture by swapping
     # sys.stdout (dill disassembles functions that way when `datasets` fingerprints a map) leaks.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+    scaling = scaling_config(cfg)
     loop = TrainLoop(worker_config(cfg, progress=progress), progress=progress, name=name, metric=metric,
                      tracking=tracking)
     if invocation:
@@ -195,7 +198,7 @@ def make_torch_trainer(
         # Ray Train, not transformers, opens the process group: ddp_timeout (LF sets it) is its timeout
         torch_config=TorchConfig(backend="nccl" if cfg.ray.use_gpu else "gloo",
                                  timeout_s=int(cfg.training.get("ddp_timeout") or 1800)),
-        scaling_config=scaling_config(cfg),
+        scaling_config=scaling,
         run_config=RunConfig(
             name=name,
             storage_path=storage_path or cfg.ray.storage_path,
@@ -203,7 +206,8 @@ def make_torch_trainer(
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.ray.num_to_keep),
             callbacks=list(callbacks) or None,
             # a private Ray's workers import the training stack while Ray Train sets them up
-            worker_runtime_env={"env_vars": worker_env(deepspeed=bool(cfg.training.get("deepspeed")))}
+            worker_runtime_env={"env_vars": worker_env(deepspeed=bool(cfg.training.get("deepspeed")),
+                                                       cpus=scaling.total_resources.get("CPU", 0) / scaling.num_workers)}
             if private_ray else None,
             # INFO prints every report's whole metrics dict; the trainer prints its own logs
             logging_config=LoggingConfig(log_level="WARNING"),

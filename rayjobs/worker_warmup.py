@@ -18,6 +18,8 @@ assume. A failed import on the thread is left for the training function to raise
 from __future__ import annotations
 
 import importlib
+import math
+import os
 import sys
 import threading
 
@@ -31,10 +33,20 @@ MODULES = ("rayjobs.worker", "trainer.workflow")
 _thread: threading.Thread | None = None
 
 
-def worker_env(*, deepspeed: bool) -> dict[str, str]:
+def worker_env(*, deepspeed: bool, cpus: float | None, environ=None) -> dict[str, str]:
     """Env vars for a private run's Ray Train workers: the hook, unless the run uses DeepSpeed (transformers
-    imports DeepSpeed's integration only when the run's process keeps it; `trainer.unused_imports`)."""
-    return {} if deepspeed else {HOOK_ENV: HOOK}
+    imports DeepSpeed's integration only when the run's process keeps it; `trainer.unused_imports`).
+
+    With the hook, also `OMP_NUM_THREADS` as Ray would set it (the floor of the worker's `cpus`, at least 1),
+    unless the user's environment sets it: Ray sets it only when the actor starts, after the hook imported
+    torch, and OpenMP reads it once, when torch loads it. Without it a worker of 1 CPU on 16 cores would
+    train on 16 threads."""
+    if deepspeed:
+        return {}
+    env = {HOOK_ENV: HOOK}
+    if "OMP_NUM_THREADS" not in (os.environ if environ is None else environ):
+        env["OMP_NUM_THREADS"] = str(max(math.floor(cpus or 1), 1))
+    return env
 
 
 def start() -> None:
