@@ -25,6 +25,9 @@ def phase_callbacks() -> list:
     from transformers import TrainerCallback
 
     class PhaseMarks(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            mark(f"parallel_mode={args.parallel_mode.name}")  # DISTRIBUTED: the Trainer wrapped the model in DDP
+
         def on_step_begin(self, args, state, control, **kwargs):
             if state.global_step == 0:
                 mark("first_step_begin")
