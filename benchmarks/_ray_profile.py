@@ -103,7 +103,11 @@ def profile_driver(argv: list[str]) -> int:
     def shutdown_timed() -> None:
         import ray
 
+        from rayjobs.local_ray import stop_autoscaler_monitor
+
         mark("atexit_first")
+        # registered after the CLI's own exit hook, so it runs first: do what that hook does, then what Ray's does
+        stop_autoscaler_monitor()
         ray.shutdown()  # what Ray's own exit hook would do next; timed here
         mark("ray_shutdown_end")
 
