@@ -18,12 +18,11 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
 
-from benchmarks._common import results_header, write_json
+from benchmarks._common import median, results_header, write_json
 from benchmarks.ray_overhead import MODEL
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,13 +77,13 @@ def main(argv: list[str] | None = None) -> int:
                     start = time.perf_counter()
                     losses[name].append(step(copies[name], optimizers[name], batch))
                     seconds[name].append(time.perf_counter() - start)
-                print(f"round {round_ + 1}/{args.rounds} {name:6s} median {statistics.median(seconds[name][-args.steps:]):.3f} s/step",
+                print(f"round {round_ + 1}/{args.rounds} {name:6s} median {median(seconds[name][-args.steps:]):.3f} s/step",
                       flush=True)
     finally:
         dist.destroy_process_group()
 
     max_diff = max(abs(a - b) for a, b in zip(losses["plain"], losses["ddp"]))
-    medians = {name: statistics.median(values) for name, values in seconds.items()}
+    medians = {name: median(values) for name, values in seconds.items()}
     ratio = medians["ddp"] / medians["plain"]
     print(f"losses: max |plain - ddp| {max_diff:.2e} over {len(losses['plain'])} steps")
     print(f"seconds per step: plain {medians['plain']:.3f}, ddp {medians['ddp']:.3f}: DDP / plain {ratio:.3f}x")
