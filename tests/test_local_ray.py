@@ -40,10 +40,19 @@ def test_local_ray_starts_without_prestarted_workers_or_metrics_and_trains_at_th
     assert kwargs["runtime_env"]["env_vars"]["PYTHONPATH"].split(os.pathsep)[0] == str(local_ray.PROJECT_ROOT)
 
 
-def test_a_single_runs_ray_starts_no_dashboard_a_sweeps_does(init_calls):
+def test_a_single_runs_ray_starts_no_dashboard_a_sweeps_does(init_calls, monkeypatch):
+    import ray
+    from ray._private.node import Node
+
+    original = Node.start_monitor
+    lean = []  # whether Ray's node start-up was the lean one while `ray.init` ran
+    monkeypatch.setattr(ray, "init", lambda **kwargs: (init_calls.append(kwargs),
+                                                       lean.append(Node.start_monitor is not original)))
     local_ray.ensure_ray(dashboard=False)  # `prefsweep train`: no placement-group cleaner asks the state API
     local_ray.ensure_ray()
     assert [kwargs["include_dashboard"] for kwargs in init_calls] == [False, True]
+    assert lean == [True, False]  # a single run's Ray: no dashboard process, no monitor (test_train_own_ray)
+    assert Node.start_monitor is original  # and Ray's own code back once it started
 
 
 def test_a_configs_init_kwargs_system_config_wins_key_by_key(init_calls):

@@ -80,20 +80,57 @@ SLEEPER = textwrap.dedent("""
 """)
 
 
-# A private Ray, a task run on it, then what `stop_autoscaler_monitor` (registered at exit) does to its monitor.
+# A sweep's private Ray (a single run's has no monitor: LEAN_NODE), a task run on it, then what
+# `stop_autoscaler_monitor` (registered at exit) does to its monitor.
 MONITOR = textwrap.dedent("""
     import json
     import ray
     import ray._private.worker as ray_worker
     from rayjobs.local_ray import ensure_ray, stop_autoscaler_monitor
 
-    ensure_ray(dashboard=False)
+    ensure_ray()
     assert ray.get(ray.remote(lambda: 41 + 1).remote()) == 42
     monitor = ray_worker._global_node.all_processes["monitor"][0].process
     alive_before = monitor.poll() is None
     print("RESULT " + json.dumps({"alive_before": alive_before, "stopped": stop_autoscaler_monitor(),
                                   "exit_code": monitor.poll(), "again": stop_autoscaler_monitor()}))
 """)
+
+# A single run's private Ray (`single_run_node`): which of Ray's processes it started, how its dashboard agent
+# runs, and that what a run needs still works: a task, an actor's own env vars (the runtime-env agent), a
+# worker's print on the driver's console (the log monitor), and Ray's own start-up code as it was.
+LEAN_NODE = textwrap.dedent("""
+    import json, os, time
+    import psutil
+    import ray
+    import ray._private.worker as ray_worker
+    from ray._private import utils as ray_utils
+    from ray._private.node import Node
+    from rayjobs.local_ray import ensure_ray, stop_autoscaler_monitor
+
+    originals = (Node.start_monitor, Node.start_api_server, ray_utils.get_dashboard_dependency_error)
+    ensure_ray(dashboard=False)
+    node = ray_worker._global_node
+
+    @ray.remote(num_cpus=0)
+    class Env:
+        def get(self, key):
+            print("LEAN-NODE-WORKER-SAYS-HI", flush=True)
+            return os.environ.get(key)
+
+    env = Env.options(runtime_env={"env_vars": {"PREFSWEEP_PROBE": "42"}}).remote()
+    value = ray.get(env.get.remote("PREFSWEEP_PROBE"))
+    time.sleep(1.5)  # the log monitor forwards the worker's line to this console
+    agents = [" ".join(p.cmdline()) for p in psutil.Process().children(recursive=True)
+              if "dashboard/agent.py" in " ".join(p.cmdline())]
+    print("RESULT " + json.dumps({
+        "processes": sorted(node.all_processes), "agents": len(agents),
+        "minimal_agent": all("--minimal" in a for a in agents), "env": value,
+        "task": ray.get(ray.remote(lambda: 41 + 1).remote()), "monitor_stopped": stop_autoscaler_monitor(),
+        "restored": (Node.start_monitor, Node.start_api_server, ray_utils.get_dashboard_dependency_error) == originals,
+    }))
+""")
+
 
 def own_ray_env() -> dict[str, str]:
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
@@ -151,6 +188,19 @@ def test_the_autoscaler_monitor_is_killed_before_ray_stops_it_the_slow_way(tmp_p
     # running until then, killed (SIGKILL: -9) and reaped, and a second call finds nothing left to stop
     assert result == {"alive_before": True, "stopped": True, "exit_code": -9, "again": False}
     assert "autoscaler failed" not in run.stdout + run.stderr  # what a SIGTERM would have printed
+
+
+def test_a_single_runs_ray_starts_neither_dashboard_nor_monitor_and_still_runs_what_a_run_needs(tmp_path):
+    run = subprocess.run([sys.executable, "-c", LEAN_NODE], cwd=REPO, env=own_ray_env(), capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-4000:]
+    result = json.loads(next(line for line in run.stdout.splitlines() if line.startswith("RESULT "))[7:])
+    processes = set(result.pop("processes"))
+    assert {"gcs_server", "raylet", "log_monitor"} <= processes  # what a run needs
+    assert not {"dashboard", "monitor"} & processes  # what it does not, and Ray would have waited for
+    assert result == {"agents": 1, "minimal_agent": True, "env": "42", "task": 42, "monitor_stopped": False,
+                      "restored": True}
+    assert "LEAN-NODE-WORKER-SAYS-HI" in run.stdout + run.stderr
 
 
 def test_prefsweep_train_on_its_own_ray_logs_the_in_process_losses(tiny, tmp_path):
