@@ -21,6 +21,10 @@
     Its one difference to the actor: a worker's train context has no controller handle, which only
     `ray.train.get_all_reported_checkpoints` uses (prefsweep's workers do not).
   A sweep's trials share one Ray and keep all three.
+- **A run that owns its Ray and its process** (`yield_cpu=True`: the `prefsweep train` CLI) lowers, once the
+  training starts, everything of that Ray but the training workers and the raylet to nice 19
+  (`rayjobs.background_priority`): the workers train with the machine's cores to themselves, as the
+  in-process run does.
 
 This leans on `DataParallelTrainer._create_default_callbacks` and `_initialize_and_run_controller`,
 `TrainController.worker_group_cls` and `WorkerGroup._init_train_context_on_workers` (Ray 2.60,
@@ -64,6 +68,10 @@ if FixedScalingPolicy is not None:
 
 else:
     NoAutoscalerScalingPolicy = None
+try:
+    from ray.train.v2._internal.execution.callback import WorkerGroupCallback
+except ImportError:
+    WorkerGroupCallback = None
 try:
     from ray.train.v2._internal.execution.controller import TrainController
     from ray.train.v2._internal.execution.worker_group import WorkerGroup
@@ -121,6 +129,23 @@ else:
     DriverTrainController = None
 
 
+if WorkerGroupCallback is not None:
+
+    class YieldCpuToTraining(WorkerGroupCallback):
+        """Once a worker group trains (again, after a restart): the rest of the private Ray at nice 19."""
+
+        def after_worker_group_training_start(self, worker_group):
+            from rayjobs.background_priority import yield_to_training
+
+            try:
+                yield_to_training(worker_group)
+            except Exception:  # noqa: BLE001  a speed-up, never a reason for the run to fail
+                logger.warning("prefsweep: could not lower Ray's background processes' priority", exc_info=True)
+
+else:
+    YieldCpuToTraining = None
+
+
 def _in_event_loop() -> bool:
     """Whether this thread already runs an asyncio loop (a notebook's): the controller then stays an actor."""
     try:
@@ -131,9 +156,10 @@ def _in_event_loop() -> bool:
 
 
 class LeanTorchTrainer(TorchTrainer):
-    def __init__(self, *args, private_ray: bool = False, **kwargs):
+    def __init__(self, *args, private_ray: bool = False, yield_cpu: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.private_ray = private_ray
+        self.yield_cpu = yield_cpu
 
     def _create_default_callbacks(self):
         callbacks = super()._create_default_callbacks()
@@ -142,7 +168,10 @@ class LeanTorchTrainer(TorchTrainer):
             unused.append(DatasetsCallback)
         if self.private_ray and PlacementGroupCleanerCallback is not None:
             unused.append(PlacementGroupCleanerCallback)
-        return [c for c in callbacks if not isinstance(c, tuple(unused))]
+        callbacks = [c for c in callbacks if not isinstance(c, tuple(unused))]
+        if self.private_ray and self.yield_cpu and YieldCpuToTraining is not None:
+            callbacks.append(YieldCpuToTraining())
+        return callbacks
 
     def _initialize_and_run_controller(self, **controller_init_kwargs):
         policy = controller_init_kwargs.get("scaling_policy")

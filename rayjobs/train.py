@@ -164,6 +164,7 @@ def make_torch_trainer(
     metric: str | None = None,
     invocation: str | None = None,
     private_ray: bool = False,
+    yield_cpu: bool = False,
 ):
     """A `TorchTrainer` whose workers run `run_training` on `cfg` (from `prepare_config`: absolute paths).
 
@@ -171,7 +172,8 @@ def make_torch_trainer(
     values; the callback is built inside each worker and only rank 0 logs), or None. `metric`: a
     sweep's metric, reported first at every step (see `rayjobs.worker.RayReportCallback`).
     `invocation`: the id of an earlier `fit()` whose checkpoints the workers may resume from.
-    `private_ray`: the run owns the local Ray it runs on (see `rayjobs.torch_trainer`).
+    `private_ray`: the run owns the local Ray it runs on (see `rayjobs.torch_trainer`); `yield_cpu`: and this
+    process too (the CLI): the rest of that Ray runs at low priority while the workers train.
     """
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig
     from ray.train.torch import TorchConfig
@@ -194,6 +196,7 @@ def make_torch_trainer(
     return LeanTorchTrainer(
         train_fn_per_worker,
         private_ray=private_ray,
+        yield_cpu=yield_cpu,
         train_loop_config={"loop": loop},
         # Ray Train, not transformers, opens the process group: ddp_timeout (LF sets it) is its timeout
         torch_config=TorchConfig(backend="nccl" if cfg.ray.use_gpu else "gloo",
@@ -258,7 +261,7 @@ def run(source: str | Path | dict, overrides: Sequence[str] = (), *, log_model: 
     else:
         # tqdm_ray redraws its bar with every forwarded log line: only worth it on a terminal.
         trainer = make_torch_trainer(cfg, name=run_name, tracking=tracking, progress=sys.stdout.isatty(),
-                                     private_ray=private_ray)
+                                     private_ray=private_ray, yield_cpu=private_ray and own_process)
         trainer.fit()
         metrics = _final_metrics(cfg.output_dir)
     _print_summary(cfg, metrics, tracked=track)

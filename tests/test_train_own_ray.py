@@ -132,6 +132,41 @@ LEAN_NODE = textwrap.dedent("""
 """)
 
 
+# A one-worker run on a private Ray with `yield_cpu` (argv[2]). While it trains, the worker records the nice
+# values of every thread of: itself, the raylet (its parent), the raylet's other children (agents, the
+# synchronization actor) and the driver; after it, while its Ray still runs, the driver adds the GCS and the
+# log monitor.
+PRIORITIES = textwrap.dedent("""
+    import json, os, sys, time
+    import psutil
+    import ray._private.worker as ray_worker
+    from ray.train import RunConfig, ScalingConfig
+    from rayjobs.local_ray import ensure_ray
+    from rayjobs.torch_trainer import LeanTorchTrainer
+
+    def nices(pid):
+        return sorted({os.getpriority(os.PRIO_PROCESS, int(tid)) for tid in os.listdir(f"/proc/{pid}/task")})
+
+    seen = os.path.join(sys.argv[1], "worker.json")  # the driver's argv and pid: the function carries them
+    driver = os.getpid()
+
+    def train_fn():
+        time.sleep(3)  # the driver lowers the others as soon as this function runs
+        raylet = psutil.Process().parent()
+        siblings = {p.name(): nices(p.pid) for p in raylet.children() if p.pid != os.getpid()}
+        with open(seen, "w") as handle:
+            json.dump({"worker": nices(os.getpid()), "raylet": nices(raylet.pid), "raylet_children": siblings,
+                       "driver": nices(driver)}, handle)
+
+    ensure_ray(dashboard=False)
+    LeanTorchTrainer(train_fn, private_ray=True, yield_cpu=sys.argv[2] == "1", scaling_config=ScalingConfig(num_workers=1),
+                     run_config=RunConfig(name="nice", storage_path=sys.argv[1])).fit()
+    started = ray_worker._global_node.all_processes
+    print("RESULT " + json.dumps({**json.load(open(seen)), "gcs": nices(started["gcs_server"][0].process.pid),
+                                  "log_monitor": nices(started["log_monitor"][0].process.pid)}))
+""")
+
+
 def own_ray_env() -> dict[str, str]:
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     env.pop("RAY_ADDRESS", None)  # a private Ray, as on a laptop
@@ -201,6 +236,23 @@ def test_a_single_runs_ray_starts_neither_dashboard_nor_monitor_and_still_runs_w
     assert result == {"agents": 1, "minimal_agent": True, "env": "42", "task": 42, "monitor_stopped": False,
                       "restored": True}
     assert "LEAN-NODE-WORKER-SAYS-HI" in run.stdout + run.stderr
+
+
+@pytest.mark.parametrize("yield_cpu", [True, False])
+def test_a_run_that_owns_its_ray_trains_while_the_rest_of_that_ray_runs_at_nice_19(tmp_path, yield_cpu):
+    run = subprocess.run([sys.executable, "-c", PRIORITIES, str(tmp_path), "1" if yield_cpu else "0"], cwd=REPO,
+                         env=own_ray_env(), capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-4000:]
+    result = json.loads(next(line for line in run.stdout.splitlines() if line.startswith("RESULT "))[7:])
+    background = 19 if yield_cpu else 0
+    assert result["worker"] == [0]  # every thread of the training worker at the user's priority, always
+    assert result["raylet"] == [0]  # it forks the workers: a restarted one would inherit its niceness
+    # all the rest: the driver (Ray Train's controller), the GCS, the log monitor, the raylet's agents and the
+    # synchronization actor
+    assert {"ray::DashboardAgent", "ray::RuntimeEnvAgent", "ray::SynchronizationActor"} <= set(result["raylet_children"])
+    for name, values in {"driver": result["driver"], "gcs": result["gcs"], "log_monitor": result["log_monitor"],
+                         **result["raylet_children"]}.items():
+        assert values == [background], name
 
 
 def test_prefsweep_train_on_its_own_ray_logs_the_in_process_losses(tiny, tmp_path):
