@@ -6,7 +6,8 @@ controller polls the worker four times a second) wake up around it: ~1 CPU-secon
 project's 2-core machines, each wake-up preempting one torch thread and stalling the other at its next barrier.
 The in-process run (`use_ray: false`) has none of it. Measured (issue 19, 23 steps, 3 rounds alternated with the
 in-process run): `train_runtime` Ray / in-process 1.107x with every process at nice 0, 1.003x with all but the
-training worker at nice 19. At nice 19 they still run, in the gaps and at the end of the worker's time slices.
+training worker reniced to 19 from outside, 1.043x with this module (BENCHMARKS.md, ray_overhead, session 11). At
+nice 19 they still run, in the gaps and at the end of the worker's time slices.
 
 What stays at its priority:
 - the training workers, all their threads: their main thread answers the controller's polls and takes the GIL
@@ -14,8 +15,8 @@ What stays at its priority:
 - the raylet: it forks the worker processes, which inherit its niceness (Ray's `worker_niceness` is relative), so
   a worker Ray Train restarts after a failure would train at nice 19.
 
-Niceness on Linux belongs to each thread (`/proc/PID/task`), and a new thread inherits its creator's. Never
-lowered: a process a user started at nice 5 is not raised to 0. Elsewhere (no `/proc`) nothing changes.
+Niceness on Linux belongs to each thread (`/proc/PID/task`), and a new thread inherits its creator's. A niceness
+is only ever raised (a thread already above 19 is left alone). Elsewhere (no `/proc`) nothing changes.
 """
 
 from __future__ import annotations
