@@ -16,7 +16,7 @@ What stays at its priority:
   a worker Ray Train restarts after a failure would train at nice 19.
 
 Niceness on Linux belongs to each thread (`/proc/PID/task`), and a new thread inherits its creator's. A niceness
-is only ever raised (a thread already above 19 is left alone). Elsewhere (no `/proc`) nothing changes.
+is only ever raised, never lowered. Elsewhere (no `/proc`) nothing changes.
 """
 
 from __future__ import annotations
