@@ -115,7 +115,9 @@ def ensure_ray(*, num_cpus: int | None = None, num_gpus: int | None = None, log_
     runtime_env = dict(extra.pop("runtime_env", None) or {})
     local_env = {key: os.environ[key] for key in LOCAL_ENV}  # the user's own value where set
     runtime_env["env_vars"] = {"PYTHONPATH": _worker_pythonpath(), **local_env, **runtime_env.get("env_vars", {})}
-    with single_run_node() if not dashboard else contextlib.nullcontext():
+    # a config's `ray.init_kwargs: {include_dashboard: true}` asks for the dashboard: Ray as it comes, then
+    lean = not dashboard and not extra.get("include_dashboard")
+    with single_run_node() if lean else contextlib.nullcontext():
         ray.init(**{
             "address": "local",
             "num_cpus": num_cpus,

@@ -51,7 +51,10 @@ def test_a_single_runs_ray_starts_no_dashboard_a_sweeps_does(init_calls, monkeyp
     local_ray.ensure_ray(dashboard=False)  # `prefsweep train`: no placement-group cleaner asks the state API
     local_ray.ensure_ray()
     assert [kwargs["include_dashboard"] for kwargs in init_calls] == [False, True]
-    assert lean == [True, False]  # a single run's Ray: no dashboard process, no monitor (test_train_own_ray)
+    # a config that asks for the dashboard (`ray.init_kwargs`) gets it, with the rest of Ray as it comes
+    local_ray.ensure_ray(dashboard=False, init_kwargs={"include_dashboard": True})
+    assert [kwargs["include_dashboard"] for kwargs in init_calls] == [False, True, True]
+    assert lean == [True, False, False]  # a single run's Ray: no dashboard process, no monitor (test_train_own_ray)
     assert Node.start_monitor is original  # and Ray's own code back once it started
 
 
