@@ -64,14 +64,11 @@ def background_processes(training: set[int]) -> list[int]:
     """PIDs of the local Ray this process started, but the raylet and the `training` workers: the GCS, the log
     monitor and the raylet's other children (its agents, the synchronization actor, idle workers); none when
     this process started no Ray."""
-    import ray._private.worker as ray_worker
+    from rayjobs.local_ray import local_processes
 
-    processes = getattr(getattr(ray_worker, "_global_node", None), "all_processes", None) or {}
-    started = {key: [info.process.pid for info in infos if getattr(info, "process", None) is not None]
-               for key, infos in processes.items()}
-    pids = started.get("gcs_server", []) + started.get("log_monitor", [])
-    for raylet in started.get("raylet", []):
-        pids += _children(raylet)
+    pids = [process.pid for kind in ("gcs_server", "log_monitor") for process in local_processes(kind)]
+    for raylet in local_processes("raylet"):
+        pids += _children(raylet.pid)
     return [pid for pid in pids if pid not in training]
 
 

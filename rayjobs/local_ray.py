@@ -115,7 +115,7 @@ def ensure_ray(*, num_cpus: int | None = None, num_gpus: int | None = None, log_
     runtime_env = dict(extra.pop("runtime_env", None) or {})
     local_env = {key: os.environ[key] for key in LOCAL_ENV}  # the user's own value where set
     runtime_env["env_vars"] = {"PYTHONPATH": _worker_pythonpath(), **local_env, **runtime_env.get("env_vars", {})}
-    # a config's `ray.init_kwargs: {include_dashboard: true}` asks for the dashboard: Ray as it comes, then
+    # lean unless a config's `ray.init_kwargs: {include_dashboard: true}` asks for the dashboard
     lean = not dashboard and not extra.get("include_dashboard")
     with single_run_node() if lean else contextlib.nullcontext():
         ray.init(**{
@@ -186,17 +186,23 @@ def stop_autoscaler_monitor() -> bool:
     kills it (measured: `ray.shutdown` 1.35 s, 0.13 s with the monitor gone first). SIGKILL, not SIGTERM: on
     SIGTERM it reports "The autoscaler failed" to the driver's console. Uses Ray's node object (2.60 layout);
     with another layout it does nothing and Ray stops the monitor as before."""
-    import ray._private.worker as ray_worker
-    node = getattr(ray_worker, "_global_node", None)
-    processes = getattr(node, "all_processes", None) or {}
     stopped = False
-    for info in processes.get("monitor", []):
-        process = getattr(info, "process", None)
-        if process is not None and process.poll() is None:
+    for process in local_processes("monitor"):
+        if process.poll() is None:
             process.kill()
             process.wait(timeout=5)
             stopped = True
     return stopped
+
+
+def local_processes(kind: str) -> list:
+    """The `subprocess.Popen`s of one kind ("gcs_server", "raylet", "log_monitor", "monitor", ...) of the local Ray
+    this process started; none when it started none (attached, or not connected). Ray's node object, 2.60 layout:
+    with another layout, none."""
+    import ray._private.worker as ray_worker
+
+    processes = getattr(getattr(ray_worker, "_global_node", None), "all_processes", None) or {}
+    return [info.process for info in processes.get(kind, []) if getattr(info, "process", None) is not None]
 
 
 def cluster_resources() -> dict[str, float]:
