@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 
 logger = logging.getLogger("prefsweep")
 
@@ -48,16 +47,12 @@ def lower(pid: int, nice: int = BACKGROUND_NICE) -> int:
 
 
 def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat[stat.rindex(")") + 2:].split()[1]) == pid:  # field 4, after "pid (comm) state"
-                found.append(int(entry.name))
-    return found
+    import psutil
+
+    try:
+        return [child.pid for child in psutil.Process(pid).children()]
+    except psutil.NoSuchProcess:
+        return []
 
 
 def background_processes(training: set[int]) -> list[int]:
