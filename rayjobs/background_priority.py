@@ -15,8 +15,9 @@ What stays at its priority:
 - the raylet: it forks the worker processes, which inherit its niceness (Ray's `worker_niceness` is relative), so
   a worker Ray Train restarts after a failure would train at nice 19.
 
-Niceness on Linux belongs to each thread (`/proc/PID/task`), and a new thread inherits its creator's. A niceness
-is only ever raised, never lowered. Elsewhere (no `/proc`) nothing changes.
+Niceness on Linux belongs to each thread (`/proc/PID/task`), and a new thread inherits its creator's. A priority
+is only ever lowered: a process a user started at nice 5 goes to 19, one already at 19 stays there, none is
+brought back to 0. Elsewhere (no `/proc`) nothing changes.
 """
 
 from __future__ import annotations
