@@ -8,6 +8,7 @@ only `ray:` is a nested section. The package is split by concern:
 - `lf_compat.py`: LLaMA-Factory keys transformers 5 dropped or renamed, and LF-only stages.
 - `parsing.py`: YAML + overrides -> `TrainConfig` (`load_config`).
 - `validation.py`: range and combination checks, all run at parse time.
+- `driver_checks.py`: the same checks in a Ray driver, without importing PEFT or transformers' model code.
 - `resume.py`: the checkpoint `resume_from_checkpoint` names (markers and lookup: `trainer/checkpoints.py`).
 """
 
