@@ -33,6 +33,7 @@ from trainer.errors import ConfigError
 from trainer.losses import loss_help
 from trainer.model_source import check_models
 
+UNRESOLVED = object()  # an MLflow experiment id not asked for yet (None: asked, the store was down)
 REPORT_POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 REPORT_POLL_S = "0.25"
 
@@ -240,7 +241,10 @@ def run(source: str | Path | dict, overrides: Sequence[str] = (), *, log_model: 
         track: bool = True, own_process: bool = False) -> dict[str, float]:
     """Train one run (through Ray Train unless `use_ray: false`); return its final metrics.
     `own_process`: this process exists for this run (the CLI), so packages it does not use may be kept out."""
-    cfg, how = _prepare_while_ray_starts(source, overrides) if own_process else (prepare_config(source, overrides), None)
+    if own_process:
+        cfg, how, experiment_id = _prepare_while_ray_starts(source, overrides, track=track)
+    else:
+        cfg, how, experiment_id = prepare_config(source, overrides), None, UNRESOLVED
     from trainer.phases import mark
 
     mark("config_parsed")
@@ -253,31 +257,37 @@ def run(source: str | Path | dict, overrides: Sequence[str] = (), *, log_model: 
     private_ray = how == "local"
     tracking = None
     if track:
-        from rayjobs.tracking.store import try_ensure_experiment
+        if experiment_id is UNRESOLVED:
+            from rayjobs.tracking.store import try_ensure_experiment
 
-        tracking = tracking_args(run_name=run_name, experiment_id=try_ensure_experiment(), log_model=log_model)
+            experiment_id = try_ensure_experiment()
+        tracking = tracking_args(run_name=run_name, experiment_id=experiment_id, log_model=log_model)
     if not cfg.use_ray:
         metrics = _run_in_process(cfg, tracking, own_process=own_process)
     else:
         # tqdm_ray redraws its bar with every forwarded log line: only worth it on a terminal.
         trainer = make_torch_trainer(cfg, name=run_name, tracking=tracking, progress=sys.stdout.isatty(),
                                      private_ray=private_ray, yield_cpu=private_ray and own_process)
+        mark("fit_start")
         trainer.fit()
         metrics = _final_metrics(cfg.output_dir)
     _print_summary(cfg, metrics, tracked=track)
     return metrics
 
 
-def _prepare_while_ray_starts(source: str | Path | dict, overrides: Sequence[str]) -> tuple[TrainConfig, str | None]:
+def _prepare_while_ray_starts(source: str | Path | dict, overrides: Sequence[str], *,
+                              track: bool = False) -> tuple[TrainConfig, str | None, Any]:
     """`prepare_config` on a thread while this thread starts Ray: on 2 cores Ray's start (its daemons, ~2.7 s)
     and the validation overlap. The validation runs as a driver's (`_prepare_in_driver`: without PEFT and
     transformers' model code, ~0.2 s of checks after ~1 s of imports instead of ~3 s), as this process only
     drives the workers. Only when the config, read without
     validation (LF's and legacy key names mapped as `load_config` maps them), asks for Ray (`use_ray`, the
     default) with no `ray.init_kwargs`; otherwise, or when it cannot be read that way, nothing starts early.
-    Returns the config and `ensure_ray`'s answer (None: not started). A config error wins over a Ray start
-    error: it is the one the user can fix; a private Ray started for a config that turns out wrong is shut
-    down before the error is raised."""
+    `track`: the same thread then resolves the MLflow experiment (`try_ensure_experiment`: importing MLflow and
+    opening its store, 1.5-2.5 s), which the validation, now short, leaves time for before Ray is up.
+    Returns the config, `ensure_ray`'s answer (None: not started) and the experiment id (None: the store is
+    down; UNRESOLVED: not asked). A config error wins over a Ray start error: it is the one the user can fix;
+    a private Ray started for a config that turns out wrong is shut down before the error is raised."""
     from concurrent.futures import ThreadPoolExecutor
 
     from rayjobs.local_ray import ensure_ray
@@ -285,6 +295,7 @@ def _prepare_while_ray_starts(source: str | Path | dict, overrides: Sequence[str
     from trainer.config.lf_compat import map_legacy_keys
     from trainer.config.lf_keys import map_lf_keys
     from trainer.config.parsing import apply_overrides, read_yaml
+    from trainer.phases import mark
 
     try:
         raw = apply_overrides(read_yaml(source) if not isinstance(source, dict) else dict(source), overrides)
@@ -293,11 +304,12 @@ def _prepare_while_ray_starts(source: str | Path | dict, overrides: Sequence[str
     except (ConfigError, AttributeError):  # prepare_config says what is wrong
         early = False
     if not early:
-        return prepare_config(source, overrides), None
+        return prepare_config(source, overrides), None, UNRESOLVED
     with ThreadPoolExecutor(1, thread_name_prefix="prefsweep-config") as pool:
-        validated = pool.submit(_prepare_in_driver, source, overrides)
+        validated = pool.submit(_driver_setup, source, overrides, track)
         try:
             how = ensure_ray(dashboard=False)
+            mark("ray_started")
         except BaseException:
             if validated.exception() is not None:
                 raise validated.exception() from None
@@ -308,16 +320,33 @@ def _prepare_while_ray_starts(source: str | Path | dict, overrides: Sequence[str
 
                 ray.shutdown()
             raise validated.exception()
-        return validated.result(), how
+        cfg, experiment_id = validated.result()
+        return cfg, how, experiment_id
+
+
+def _driver_setup(source: str | Path | dict, overrides: Sequence[str], track: bool) -> tuple[TrainConfig, Any]:
+    """The config as `_prepare_in_driver` validates it, then (`track`) the MLflow experiment's id."""
+    cfg = _prepare_in_driver(source, overrides)
+    if not track:
+        return cfg, UNRESOLVED
+    from rayjobs.tracking.store import try_ensure_experiment
+    from trainer.phases import mark
+
+    experiment_id = try_ensure_experiment()
+    mark("experiment_resolved")
+    return cfg, experiment_id
 
 
 def _prepare_in_driver(source: str | Path | dict, overrides: Sequence[str]) -> TrainConfig:
     """`prepare_config` in a driver that trains nothing itself: the same checks, without PEFT and transformers'
     model code, which only the workers use (`trainer.config.driver_checks`)."""
     from trainer.config.driver_checks import for_a_driver
+    from trainer.phases import mark
 
     with for_a_driver():
-        return prepare_config(source, overrides)
+        cfg = prepare_config(source, overrides)
+    mark("config_validated")
+    return cfg
 
 
 def _run_in_process(cfg: TrainConfig, tracking: dict | None, *, own_process: bool = False) -> dict[str, float]:
