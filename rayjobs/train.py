@@ -20,6 +20,7 @@ Hugging Face's Trainer inside each worker.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -265,9 +266,13 @@ def run(source: str | Path | dict, overrides: Sequence[str] = (), *, log_model: 
     if not cfg.use_ray:
         metrics = _run_in_process(cfg, tracking, own_process=own_process)
     else:
+        from trainer.config.driver_checks import for_a_driver
+
+        # worker_config validates again (use_cpu added): as a driver's checks, in a process that only drives.
         # tqdm_ray redraws its bar with every forwarded log line: only worth it on a terminal.
-        trainer = make_torch_trainer(cfg, name=run_name, tracking=tracking, progress=sys.stdout.isatty(),
-                                     private_ray=private_ray, yield_cpu=private_ray and own_process)
+        with for_a_driver() if own_process else contextlib.nullcontext():
+            trainer = make_torch_trainer(cfg, name=run_name, tracking=tracking, progress=sys.stdout.isatty(),
+                                         private_ray=private_ray, yield_cpu=private_ray and own_process)
         mark("fit_start")
         trainer.fit()
         metrics = _final_metrics(cfg.output_dir)

@@ -10,6 +10,8 @@ goes through Ray.
 from __future__ import annotations
 
 import json
+import math
+import os
 import subprocess
 import sys
 
@@ -45,8 +47,6 @@ print("RESULT " + json.dumps({"results": results, "loaded": loaded, "peft_found_
 
 
 def _check(mode: str, cases: list, env_extra: dict | None = None) -> dict:
-    import os
-
     env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env_extra or {})}
     run = subprocess.run([sys.executable, "-c", CHECK, mode, json.dumps(cases)], cwd=REPO, capture_output=True,
                          text=True, timeout=300, env=env)
@@ -113,3 +113,29 @@ def test_a_kubeflow_job_driver_builds_the_same_training_arguments(tiny, tmp_path
     plain, driver = _check("plain", case, env), _check("driver", case, env)
     assert driver["results"] == plain["results"]
     assert "kubeflow" in plain["results"][0]["training_arguments"]["report_to"]
+
+
+DRIVER = (
+    "import atexit, json, sys\n"
+    "atexit.register(lambda: print('DRIVER ' + json.dumps({m: sys.modules.get(m) is not None\n"
+    "    for m in ('peft', 'transformers.modeling_utils', 'torch')})))\n"
+    "from rayjobs.cli import main\n"
+    "sys.exit(main(sys.argv[1:]))\n"
+)
+
+
+def test_the_readmes_train_command_on_its_own_ray_keeps_model_code_out_of_the_driver(tiny, tmp_path):
+    """`prefsweep train configs/tiny_dpo.yaml` as the README has it (a relative path; no `use_cpu`, so the driver
+    validates a second time when it adds it for CPU workers): the driver imports neither, the worker trains."""
+    out = tmp_path / "out"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    env.pop("RAY_ADDRESS", None)  # the private Ray of a laptop
+    run = subprocess.run([sys.executable, "-c", DRIVER, "train", "configs/tiny_dpo.yaml",
+                          f"model_name_or_path={tiny['model']}", f"output_dir={out}", "max_samples=8", "max_steps=1",
+                          "--no-mlflow"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-4000:]
+    line = next(x for x in run.stdout.splitlines() if x.startswith("DRIVER "))
+    assert json.loads(line[len("DRIVER "):]) == {"peft": False, "transformers.modeling_utils": False, "torch": True}
+    # the worker trained: one step from the reference's own weights, so the DPO loss is -log sigmoid(0) = log 2
+    results = json.loads((out / "all_results.json").read_text())
+    assert math.isclose(results["train_loss"], math.log(2), abs_tol=1e-4)
