@@ -285,9 +285,9 @@ def _prepare_while_ray_starts(source: str | Path | dict, overrides: Sequence[str
     """`prepare_config` on a thread while this thread starts Ray: on 2 cores Ray's start (its daemons, ~2.7 s)
     and the validation overlap. The validation runs as a driver's (`_prepare_in_driver`: without PEFT and
     transformers' model code, ~0.2 s of checks after ~1 s of imports instead of ~3 s), as this process only
-    drives the workers. Only when the config, read without
-    validation (LF's and legacy key names mapped as `load_config` maps them), asks for Ray (`use_ray`, the
-    default) with no `ray.init_kwargs`; otherwise, or when it cannot be read that way, nothing starts early.
+    drives the workers. Only when the config, read without validation (LF's and legacy key names mapped as
+    `load_config` maps them), asks for Ray (`use_ray`, the default) with no `ray.init_kwargs`; otherwise, or
+    when it cannot be read that way, nothing starts early.
     `track`: the same thread then resolves the MLflow experiment (`try_ensure_experiment`: importing MLflow and
     opening its store, 1.5-2.5 s), which the validation, now short, leaves time for before Ray is up.
     Returns the config, `ensure_ray`'s answer (None: not started) and the experiment id (None: the store is
