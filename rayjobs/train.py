@@ -20,7 +20,7 @@ Hugging Face's Trainer inside each worker.
 from __future__ import annotations
 
 import argparse
-import contextlib
+import functools
 import json
 import os
 import sys
@@ -266,13 +266,14 @@ def run(source: str | Path | dict, overrides: Sequence[str] = (), *, log_model: 
     if not cfg.use_ray:
         metrics = _run_in_process(cfg, tracking, own_process=own_process)
     else:
-        from trainer.config.driver_checks import for_a_driver
+        from trainer.config.driver_checks import as_a_driver
 
         # worker_config validates again (use_cpu added): as a driver's checks, in a process that only drives.
         # tqdm_ray redraws its bar with every forwarded log line: only worth it on a terminal.
-        with for_a_driver() if own_process else contextlib.nullcontext():
-            trainer = make_torch_trainer(cfg, name=run_name, tracking=tracking, progress=sys.stdout.isatty(),
-                                         private_ray=private_ray, yield_cpu=private_ray and own_process)
+        make = functools.partial(make_torch_trainer, cfg, name=run_name, tracking=tracking,
+                                 progress=sys.stdout.isatty(), private_ray=private_ray,
+                                 yield_cpu=private_ray and own_process)
+        trainer = as_a_driver(make) if own_process else make()
         mark("fit_start")
         trainer.fit()
         metrics = _final_metrics(cfg.output_dir)
@@ -345,11 +346,10 @@ def _driver_setup(source: str | Path | dict, overrides: Sequence[str], track: bo
 def _prepare_in_driver(source: str | Path | dict, overrides: Sequence[str]) -> TrainConfig:
     """`prepare_config` in a driver that trains nothing itself: the same checks, without PEFT and transformers'
     model code, which only the workers use (`trainer.config.driver_checks`)."""
-    from trainer.config.driver_checks import for_a_driver
+    from trainer.config.driver_checks import as_a_driver
     from trainer.phases import mark
 
-    with for_a_driver():
-        cfg = prepare_config(source, overrides)
+    cfg = as_a_driver(prepare_config, source, overrides)
     mark("config_validated")
     return cfg
 

@@ -139,3 +139,33 @@ def test_the_readmes_train_command_on_its_own_ray_keeps_model_code_out_of_the_dr
     # the worker trained: one step from the reference's own weights, so the DPO loss is -log sigmoid(0) = log 2
     results = json.loads((out / "all_results.json").read_text())
     assert math.isclose(results["train_loss"], math.log(2), abs_tol=1e-4)
+
+
+NEEDS_PEFT = r"""
+import importlib, json, sys
+from trainer.config.driver_checks import as_a_driver, for_a_driver
+
+tries = []
+
+def needs_peft():
+    tries.append(sys.modules.get("peft", "absent") is None)
+    return importlib.import_module("peft").__name__
+
+try:
+    with for_a_driver():
+        importlib.import_module("peft")
+    inside = "imported"
+except ImportError:
+    inside = "ImportError"
+print("RESULT " + json.dumps({"inside": inside, "result": as_a_driver(needs_peft), "hidden_per_try": tries,
+                              "after": sys.modules.get("peft") is not None}))
+"""
+
+
+def test_a_check_that_needs_peft_runs_again_with_it_rather_than_fail():
+    """A transformers release that imports PEFT unconditionally would fail inside `for_a_driver`: `as_a_driver`
+    then runs the same check without it. In a fresh process, where PEFT is not imported yet."""
+    run = subprocess.run([sys.executable, "-c", NEEDS_PEFT], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(next(x for x in run.stdout.splitlines() if x.startswith("RESULT "))[len("RESULT "):])
+    assert result == {"inside": "ImportError", "result": "peft", "hidden_per_try": [True, False], "after": True}

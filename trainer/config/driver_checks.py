@@ -22,7 +22,10 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+T = TypeVar("T")
 
 HIDDEN = "peft"
 
@@ -69,3 +72,13 @@ def for_a_driver() -> Iterator[None]:
             _forget_peft_answer()  # transformers caches "not installed"; a later question gets the truth
         if integrations is not None and vars(integrations).get("is_kubeflow_available") is kubeflow_available:
             del integrations.is_kubeflow_available  # a later use imports the real one
+
+
+def as_a_driver(check: Callable[..., T], *args, **kwargs) -> T:
+    """`check(*args, **kwargs)` inside `for_a_driver()`; again without it should an import fail there (a
+    transformers release that imports PEFT unconditionally): slower, never wrong."""
+    try:
+        with for_a_driver():
+            return check(*args, **kwargs)
+    except ImportError:
+        return check(*args, **kwargs)
