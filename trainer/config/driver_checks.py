@@ -15,6 +15,8 @@ two environment variables transformers reads. The checks are the same; only what
 applies to a process that trains nothing (the workers import everything for themselves): `TrainingArguments`
 built inside the block are for checking, and `transformers.trainer_utils` is left imported without its
 PEFT names, which only its PEFT-model helpers use (they would fail loudly, not silently, in the driver).
+`as_a_driver(check, ...)` is how the driver calls it: should a check meet an ImportError inside the block (a
+transformers release that imports PEFT unconditionally), it runs again without it.
 """
 
 from __future__ import annotations
