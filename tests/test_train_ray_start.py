@@ -56,7 +56,7 @@ def test_ray_starts_while_the_config_is_validated_and_the_config_is_the_same(tin
 def test_nothing_starts_early_for_a_run_without_ray_or_with_its_own_init_kwargs(tiny, tmp_path, starts, change):
     cfg, how, experiment = ray_train._prepare_while_ray_starts(write(tmp_path, config(tiny, tmp_path / "out")), change,
                                                                track=True)
-    assert how is None and starts == [] and experiment is ray_train.UNRESOLVED  # `run` asks MLflow itself  # `run` starts Ray itself, with the validated init_kwargs
+    assert how is None and starts == [] and experiment is ray_train.UNRESOLVED  # `run` starts Ray (validated init_kwargs), asks MLflow
     assert cfg.use_ray is (change[0] != "use_ray=false")
 
 

@@ -8,10 +8,10 @@ two things a driver never uses:
 - its integrations registry: `TrainingArguments.__post_init__` imports `is_kubeflow_available` from
   `transformers.integrations`, whose module imports `PreTrainedModel`: ~1.3 s more.
 
-Together (they share most of the model code) that is ~2.5 s of the driver's Python on the way to the first step,
-under one GIL with Ray's start. `for_a_driver()` runs the checks with PEFT seen as absent (its `sys.modules` entry set to None,
-so `importlib.util.find_spec("peft")` answers None) and with the Kubeflow question answered from the same
-two environment variables transformers reads. The checks are the same; only what they import changes. It
+Together (they share most of the model code) that is ~2.5 s of the driver's Python on the way to the first
+step, under one GIL with Ray's start. `for_a_driver()` runs the checks with PEFT seen as absent (its `sys.modules`
+entry set to None, so `importlib.util.find_spec("peft")` answers None) and with the Kubeflow question answered
+from the same two environment variables transformers reads. The checks are the same; only what they import changes. It
 applies to a process that trains nothing (the workers import everything for themselves): `TrainingArguments`
 built inside the block are for checking, and `transformers.trainer_utils` is left imported without its
 PEFT names, which only its PEFT-model helpers use (they would fail loudly, not silently, in the driver).
