@@ -54,8 +54,8 @@ def rows_of(rows: list[dict], side: str) -> list[tuple[str, int]]:
 
 
 def test_every_eval_generates_once_per_eval_step_from_that_steps_weights(tiny_model, data_dir, tmp_path):
-    """max_steps 4, eval and save every 2 steps: generations at steps 2 and 4 (the final evaluation after
-    training is step 4 again and adds nothing); step 2's answers are checkpoint-2's, step 4's the saved
+    """max_steps 4, eval and save every 2 steps: generations at steps 2 and 4 (the end-of-run generation
+    finds step 4 done); step 2's answers are checkpoint-2's, step 4's the saved
     model's; the reference rows are the starting model's at both steps; each step's mean length is its
     rows' mean."""
     out = tmp_path / "every"

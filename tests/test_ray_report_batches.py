@@ -10,17 +10,17 @@ from rayjobs.worker import RayReportCallback, report_interval
 
 def reported(callback: RayReportCallback, max_steps: int, logging_steps: int, eval_steps: int | None):
     """The (step, kind) of each log the callback reports over one run, logs in Hugging Face's order
-    (at a step: the training log, then the evaluation; at the end the train summary, then the final eval)."""
+    (at a step: the training log, then the evaluation, which Hugging Face adds at the last step when it is off
+    the schedule; at the end the train summary. The final evaluation after training reuses the last step's:
+    `trainer.final_eval`)."""
     state = SimpleNamespace(global_step=0, max_steps=max_steps, logging_steps=logging_steps)
     logs = []
     for step in range(1, max_steps + 1):
         if step % logging_steps == 0:
             logs.append((step, "train", {"loss": 0.5}))
-        if eval_steps and step % eval_steps == 0:
+        if eval_steps and (step % eval_steps == 0 or step == max_steps):
             logs.append((step, "eval", {"eval_loss": 0.5}))
     logs.append((max_steps, "summary", {"train_loss": 0.5, "train_runtime": 1.0}))
-    if eval_steps:
-        logs.append((max_steps, "eval", {"eval_loss": 0.5}))
     out = []
     for i, (step, kind, numbers) in enumerate(logs):
         state.global_step = step
@@ -38,14 +38,18 @@ def test_report_interval():
     assert report_interval(5, 56, 2) == 5  # ray.report_every_steps
 
 
-def test_a_56_step_run_reports_9_times_instead_of_37():
+def test_a_56_step_run_reports_8_times_instead_of_37():
     """benchmarks.ray_overhead's run: 56 steps, a log every 2, an evaluation every 8 -> 28 training logs,
-    7 evaluations, the summary and the final evaluation were 37 reports. Now: a training log only when 7
-    steps passed since the last report and no evaluation follows at its step (the training logs between
-    evaluations, at 2-6, 10-14, ..., never reach 7), so every evaluation, then the summary and the final
-    evaluation: 9."""
+    7 evaluations, the summary and a second evaluation of step 56 after training were 37 reports. Now: a
+    training log only when 7 steps passed since the last report and no evaluation follows at its step (the
+    training logs between evaluations, at 2-6, 10-14, ..., never reach 7), so every evaluation, then the
+    summary: 8."""
     got = reported(RayReportCallback(), max_steps=56, logging_steps=2, eval_steps=8)
-    assert got == [(s, "eval") for s in range(8, 57, 8)] + [(56, "summary"), (56, "eval")]
+    assert got == [(s, "eval") for s in range(8, 57, 8)] + [(56, "summary")]
+    # 20 steps, interval 3: training logs at 4 and 12 (4 and 4 steps after a report; 18 is 2 after 16, and
+    # 20's log is followed by the evaluation Hugging Face adds at the last step), evaluations, the summary
+    off_schedule = reported(RayReportCallback(), max_steps=20, logging_steps=2, eval_steps=8)
+    assert off_schedule == [(4, "train"), (8, "eval"), (12, "train"), (16, "eval"), (20, "eval"), (20, "summary")]
 
 
 def test_without_evaluation_training_logs_are_reported_every_interval():

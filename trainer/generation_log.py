@@ -7,8 +7,10 @@ metrics at each eval step; the table's rows filtered by `step`). The reference a
 every step (same weights, prompts and seeds), so they are sampled once and reused, except under TR-DPO's
 reference sync, where the reference moves.
 
-A step is generated at most once: the final evaluation after training fires `on_evaluate` too, and the
-end-of-run generation (`trainer.workflow.generate_and_log`) then finds that step done.
+A step is generated at most once: a final evaluation after training (`trainer.final_eval`: when the last step
+was not evaluated on the weights being saved) fires `on_evaluate` too, and the end-of-run generation
+(`trainer.workflow.generate_and_log`) then finds the step done, as it does when the last step's evaluation
+during training generated.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from transformers import TrainerCallback, set_seed
 from trainer.atomic_write import write_atomic
 from trainer.config import REF_CACHE_NAME, RESOLVED_CONFIG_NAME, TrainConfig, resolve_resume
 from trainer.data import load_preference_data, make_collator
+from trainer.final_eval import final_evaluation
 from trainer.generation_log import GenerateAtEvalCallback, GenerationLog
 from trainer.losses import get_loss
 from trainer.models import build_reference, compute_dtype, load_policy, load_tokenizer
@@ -160,14 +161,14 @@ def run_training(cfg: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) ->
         save_state(trainer)
         result.metrics.update(train_output.metrics)
     if args.do_eval and trainer.eval_dataset is not None:
-        eval_metrics = trainer.evaluate(metric_key_prefix="eval")
+        eval_metrics = final_evaluation(trainer)
         if trainer.reference.kind == "self":  # policy == reference: rewards are 0 by construction
             eval_metrics = {k: v for k, v in eval_metrics.items() if "rewards/" not in k}
         trainer.log_metrics("eval", eval_metrics)
         save_metrics(trainer, "eval", eval_metrics)
         result.metrics.update(eval_metrics)
         if args.do_train:
-            save_state(trainer)  # the final evaluation joins log_history
+            save_state(trainer)  # a final evaluation that ran joins log_history
     if cfg.finetuning.eval_generate and trainer.eval_dataset is not None:
         generate_and_log(trainer, generations, result)
     mark("run_end")
@@ -185,8 +186,8 @@ def run_training(cfg: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) ->
 
 
 def generate_and_log(trainer: PreferenceTrainer, generations: GenerationLog, result: RunResult) -> None:
-    """End-of-run eval generations (`trainer.generation_log`; skipped when the final evaluation already
-    generated at this step): metrics through `trainer.log` (callbacks: Ray, MLflow) and into
+    """End-of-run eval generations (`trainer.generation_log`; skipped when an evaluation at this step already
+    generated): metrics through `trainer.log` (callbacks: Ray, MLflow) and into
     `generate_results.json`; rank 0 writes the rows to `generations.json` for the table."""
     metrics, _ = generations.generate(trainer)
     save_metrics(trainer, "generate", metrics)
