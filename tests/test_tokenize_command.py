@@ -85,3 +85,26 @@ def test_config_keys_reach_the_template(setup, tmp_path, overrides, golden):
     expected = json.loads((GOLDENS / "tiny.json").read_text())[golden]["pairs"][4]  # the alpaca row
     assert row["chosen_input_ids"] == expected[0] + expected[1]
     assert row["rejected_labels"] == [-100] * len(expected[0]) + expected[2]
+
+
+def test_the_console_script_leaves_a_complete_dataset(setup, tmp_path):
+    """`prefsweep tokenize` as a user types it (the installed console script, which ends with
+    `rayjobs.cli.finish_process`): what it saved loads as the same rows as the in-process command's."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from datasets import load_from_disk
+
+    root, config = setup
+    script = Path(sys.executable).parent / "prefsweep"
+    done = subprocess.run([str(script), "tokenize", str(config), "--out", str(tmp_path / "script")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert prefsweep(["tokenize", str(config), "--out", str(tmp_path / "here"), "--examples", "0"]) == 0
+    for split in ("train",):
+        script_rows = load_from_disk(str(tmp_path / "script" / split)).to_list()
+        here_rows = load_from_disk(str(tmp_path / "here" / split)).to_list()
+        assert script_rows == here_rows and len(script_rows) == 1
+    assert (json.loads((tmp_path / "script" / META_FILE).read_text())
+            == json.loads((tmp_path / "here" / META_FILE).read_text()))
