@@ -18,6 +18,7 @@ import sys
 import pytest
 
 from tests.conftest import REPO
+from tests.script_output import tagged_json
 
 CHECK = r"""
 import importlib.util, json, sys
@@ -46,17 +47,12 @@ print("RESULT " + json.dumps({"results": results, "loaded": loaded, "peft_found_
 """
 
 
-def _tagged(stdout: str, tag: str) -> dict:
-    """The JSON a script printed on its line starting with `tag`."""
-    return json.loads(next(x for x in stdout.splitlines() if x.startswith(tag))[len(tag):])
-
-
 def _check(mode: str, cases: list, env_extra: dict | None = None) -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env_extra or {})}
     run = subprocess.run([sys.executable, "-c", CHECK, mode, json.dumps(cases)], cwd=REPO, capture_output=True,
                          text=True, timeout=300, env=env)
     assert run.returncode == 0, run.stderr[-3000:]
-    return _tagged(run.stdout, "RESULT ")
+    return tagged_json(run.stdout)
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +134,7 @@ def test_the_readmes_train_command_on_its_own_ray_keeps_model_code_out_of_the_dr
                           f"model_name_or_path={tiny['model']}", f"output_dir={out}", "max_samples=8", "max_steps=1",
                           "--no-mlflow"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-4000:]
-    assert _tagged(run.stdout, "DRIVER ") == {"peft": False, "transformers.modeling_utils": False, "torch": True}
+    assert tagged_json(run.stdout, "DRIVER ") == {"peft": False, "transformers.modeling_utils": False, "torch": True}
     # the worker trained: one step from the reference's own weights, so the DPO loss is -log sigmoid(0) = log 2
     results = json.loads((out / "all_results.json").read_text())
     assert math.isclose(results["train_loss"], math.log(2), abs_tol=1e-4)
@@ -170,4 +166,4 @@ def test_a_check_that_needs_peft_runs_again_with_it_rather_than_fail():
     then runs the same check without it. In a fresh process, where PEFT is not imported yet."""
     run = subprocess.run([sys.executable, "-c", NEEDS_PEFT], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert _tagged(run.stdout, "RESULT ") == {"inside": "ImportError", "result": "peft", "hidden_per_try": [True, False], "after": True}
+    assert tagged_json(run.stdout) == {"inside": "ImportError", "result": "peft", "hidden_per_try": [True, False], "after": True}

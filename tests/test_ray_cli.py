@@ -18,10 +18,11 @@ def test_finish_process_leaves_exit_hooks_and_finalizers_to_run(tmp_path):
     """After `entry` (here `prefsweep --help`), what lived is in the collector's permanent generation, so the exit's
     collections skip it; atexit hooks and `weakref.finalize` (tempfile's clean-up) still run, after the command,
     and even for an object kept alive by a reference cycle; the exit code is the command's."""
-    import json
     import subprocess
     import sys
     import textwrap
+
+    from tests.script_output import tagged_json
 
     script = textwrap.dedent("""
         import atexit, gc, json, sys, weakref
@@ -37,12 +38,12 @@ def test_finish_process_leaves_exit_hooks_and_finalizers_to_run(tmp_path):
         tracked = len(gc.get_objects())
         sys.argv = ["prefsweep", "--help"]
         code = cli.entry()
-        print(json.dumps({"tracked": tracked, "left": len(gc.get_objects()), "frozen": gc.get_freeze_count()}))
+        print("RESULT " + json.dumps({"tracked": tracked, "left": len(gc.get_objects()), "frozen": gc.get_freeze_count()}))
         sys.exit(code)
     """)
     done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    counts = json.loads(done.stdout.splitlines()[-1])
+    counts = tagged_json(done.stdout)
     tracked, left, frozen = counts["tracked"], counts["left"], counts["frozen"]
     assert frozen >= tracked > 1000 and left < 100  # everything alive at the end went to the permanent generation
     # at the atexit hook still frozen (less what was freed since: the few objects of the script's last lines)

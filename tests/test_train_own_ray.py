@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO
+from tests.script_output import tagged_json
 from tests.test_ray_train import config
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -184,7 +185,7 @@ def test_the_driver_runs_the_controller_through_a_worker_failure_to_a_checkpoint
     run = subprocess.run([sys.executable, "-c", FAIL_ONCE, str(tmp_path)], cwd=REPO, env=own_ray_env(),
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-4000:]
-    result = json.loads(next(line for line in run.stdout.splitlines() if line.startswith("RESULT "))[7:])
+    result = tagged_json(run.stdout)
     assert result["how"] == "local"
     assert (tmp_path / "failed_once").is_file()  # the first attempt did fail: the second is Ray Train's retry
     assert result["metrics"] == {"rank_sum": 1.0, "world": 2}  # both ranks in one gloo group, 0 + 1
@@ -219,7 +220,7 @@ def test_the_autoscaler_monitor_is_killed_before_ray_stops_it_the_slow_way(tmp_p
     run = subprocess.run([sys.executable, "-c", MONITOR], cwd=REPO, env=own_ray_env(), capture_output=True,
                          text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-4000:]
-    result = json.loads(next(line for line in run.stdout.splitlines() if line.startswith("RESULT "))[7:])
+    result = tagged_json(run.stdout)
     # running until then, killed (SIGKILL: -9) and reaped, and a second call finds nothing left to stop
     assert result == {"alive_before": True, "stopped": True, "exit_code": -9, "again": False}
     assert "autoscaler failed" not in run.stdout + run.stderr  # what a SIGTERM would have printed
@@ -229,7 +230,7 @@ def test_a_single_runs_ray_starts_neither_dashboard_nor_monitor_and_still_runs_w
     run = subprocess.run([sys.executable, "-c", LEAN_NODE], cwd=REPO, env=own_ray_env(), capture_output=True,
                          text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-4000:]
-    result = json.loads(next(line for line in run.stdout.splitlines() if line.startswith("RESULT "))[7:])
+    result = tagged_json(run.stdout)
     processes = set(result.pop("processes"))
     assert {"gcs_server", "raylet", "log_monitor"} <= processes  # what a run needs
     assert not {"dashboard", "monitor"} & processes  # what it does not, and Ray would have waited for
@@ -243,7 +244,7 @@ def test_a_run_that_owns_its_ray_trains_while_the_rest_of_that_ray_runs_at_nice_
     run = subprocess.run([sys.executable, "-c", PRIORITIES, str(tmp_path), "1" if yield_cpu else "0"], cwd=REPO,
                          env=own_ray_env(), capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-4000:]
-    result = json.loads(next(line for line in run.stdout.splitlines() if line.startswith("RESULT "))[7:])
+    result = tagged_json(run.stdout)
     background = 19 if yield_cpu else 0
     assert result["worker"] == [0]  # every thread of the training worker at the user's priority, always
     assert result["raylet"] == [0]  # it forks the workers: a restarted one would inherit its niceness
