@@ -51,6 +51,25 @@ def test_finish_process_leaves_exit_hooks_and_finalizers_to_run(tmp_path):
     assert (tmp_path / "finalized").read_text() == "yes"
 
 
+def test_a_python_without_prefsweeps_dependencies_is_named(tmp_path):
+    """`ray job submit ... -- python -m rayjobs.sweep` on a head whose PATH finds another Python: one line names that
+    Python and what it lacks, instead of a traceback deep in an import."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    bare = tmp_path / "bare"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True, timeout=120)
+    python = bare / "bin" / "python"
+    run = subprocess.run([str(python), "-m", "rayjobs.sweep", "sweeps/demo.yaml"], cwd=REPO, capture_output=True,
+                         text=True, timeout=60)
+    assert run.returncode == 1
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"ImportError: prefsweep: this Python ({python}) has no torch, transformers, datasets, ray. ")
+    assert "ray start --head` with prefsweep's virtualenv activated" in last
+
+
 def test_help_lists_the_commands(capsys):
     assert cli.main(["--help"]) == 0
     out = capsys.readouterr().out
