@@ -14,6 +14,7 @@ Each subcommand is its module's `main` (`python -m rayjobs.train`, `python -m ra
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 
 COMMANDS = {
     "train": ("rayjobs.train", "train one run from a config YAML"),
@@ -45,11 +46,17 @@ def finish_process() -> None:
     gc.freeze()
 
 
-def entry() -> int:
-    """The `prefsweep` console script: `main`, then `finish_process`."""
-    code = main()
+def as_own_process(command_main: Callable[[], int]) -> int:
+    """Run a command's `main` as the work of the whole process (the console script, `python -m rayjobs.train`):
+    its exit code, after `finish_process`."""
+    code = command_main()
     finish_process()
     return code
+
+
+def entry() -> int:
+    """The `prefsweep` console script."""
+    return as_own_process(main)
 
 
 def main(argv: list[str] | None = None) -> int:

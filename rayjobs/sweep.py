@@ -407,8 +407,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from rayjobs.cli import finish_process
+    from rayjobs.cli import as_own_process
 
-    code = main()
-    finish_process()
-    raise SystemExit(code)
+    raise SystemExit(as_own_process(main))
