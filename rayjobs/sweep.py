@@ -75,11 +75,14 @@ def trial_changes(base: TrainConfig, sampled: dict, name: str) -> dict:
 
 
 def trial_driver(config: dict, *, base: TrainConfig, storage: str, sweep_name: str, metric: str,
-                 tracking: dict | None, report_slots, resume: bool = False) -> None:
+                 tracking: dict | None, report_slots, resume: bool = False, local_ray: bool = False,
+                 user_env: dict | None = None) -> None:
     """One Tune trial: run the sampled config as a Ray Train job and forward its reports to Tune.
 
     `report_slots`: the sweep's `ReportSlots` actor. `resume` (a restored sweep): continue from the
-    latest checkpoint of this trial's Ray Train run.
+    latest checkpoint of this trial's Ray Train run. `local_ray`: the sweep runs on the local Ray it
+    started: the Train run's controller runs here, in the trial's actor (`rayjobs.torch_trainer`).
+    `user_env`: the sweep driver's environment where it matters to the workers (`worker_env`).
     """
     import uuid
 
@@ -96,20 +99,24 @@ def trial_driver(config: dict, *, base: TrainConfig, storage: str, sweep_name: s
     invocation = previous_invocation(f"{trial_storage}/{TRAIN_RUN_NAME}") if resume else None
     if invocation:
         print(f"prefsweep: trial {name} resumes from its latest checkpoint", flush=True)
+    reports = TrialSlot(report_slots, f"{name}/{uuid.uuid4().hex}", controller_actor=not local_ray)
     trainer = make_torch_trainer(
         cfg,
         name=TRAIN_RUN_NAME,
         storage_path=trial_storage,
         tracking={**tracking, "run_name": name} if tracking else None,
-        callbacks=[QueueReportCallback(reports := TrialSlot(report_slots, f"{name}/{uuid.uuid4().hex}"))],
+        callbacks=[QueueReportCallback(reports)],
         metric=metric,
         invocation=invocation,
+        local_trial=local_ray,
+        user_env=user_env,
     )
+    abort = (functools.partial(reports.abort_here, trainer) if local_ray else reports.abort_run)
     # Tune hands this actor to a next trial (reuse_actors) only once this thread has ended; a scheduler-stopped
     # trial's thread first aborts its Train run (see rayjobs.tune_forward), more than Tune's 2 s default.
     os.environ["TUNE_FUNCTION_THREAD_TIMEOUT_S"] = str(int(2 * TRIAL_ABORT_WAIT_S) + 10)
     try:  # not Ray's TuneReportCallback: its last report can hang the trial (see rayjobs.tune_forward)
-        fit_and_forward(trainer.fit, reports, tune.report, abort=functools.partial(reports.abort_run, TRIAL_ABORT_WAIT_S),
+        fit_and_forward(trainer.fit, reports, tune.report, abort=functools.partial(abort, TRIAL_ABORT_WAIT_S),
                         abort_wait_s=TRIAL_ABORT_WAIT_S)
     finally:
         reports.forget()
@@ -258,7 +265,8 @@ def run(source: str | Path | dict, overrides: list[str] = (), *, worker_logs: bo
     report_slots = ray.remote(ReportSlots).options(num_cpus=0).remote()
     trainable = tune.with_resources(
         tune.with_parameters(trial_driver, base=base_cfg, storage=storage, sweep_name=spec.name, metric=spec.metric,
-                             tracking=tracking, report_slots=report_slots, resume=resume),
+                             tracking=tracking, report_slots=report_slots, resume=resume, local_ray=how == "local",
+                             user_env={k: os.environ[k] for k in ("OMP_NUM_THREADS",) if k in os.environ}),
         TRIAL_DRIVER_RESOURCES,
     )
     if resume:

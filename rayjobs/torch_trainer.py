@@ -20,7 +20,11 @@
     (`DriverTrainController`); Ctrl-C stops the workers and raises `KeyboardInterrupt` in the driver.
     Its one difference to the actor: a worker's train context has no controller handle, which only
     `ray.train.get_all_reported_checkpoints` uses (prefsweep's workers do not).
-  A sweep's trials share one Ray and keep all three.
+- **A trial of a sweep on its own local Ray** (`controller_here=True`, `local_ray=True`) runs its controller in
+  the trial's actor, which Tune reuses from trial to trial and which has imported Ray Train and torch already:
+  no controller process per trial, and no autoscaling coordinator. It keeps the placement-group cleaner (the
+  sweep's Ray outlives a trial actor that dies). A scheduler that stops the trial aborts the run through
+  `request_abort`. A sweep on someone else's cluster keeps Ray Train's defaults.
 - **A run that owns its Ray and its process** (`yield_cpu=True`: the `prefsweep train` CLI) lowers, once the
   training starts, everything of that Ray but the training workers and the raylet to nice 19
   (`rayjobs.background_priority`): the workers train with the machine's cores to themselves, as the
@@ -34,6 +38,7 @@ This leans on `DataParallelTrainer._create_default_callbacks` and `_initialize_a
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 
 import ray
@@ -74,6 +79,7 @@ except ImportError:
     WorkerGroupCallback = None
 try:
     from ray.train.v2._internal.execution.controller import TrainController
+    from ray.train.v2._internal.execution.controller.state import AbortedState
     from ray.train.v2._internal.execution.worker_group import WorkerGroup
 except ImportError:
     TrainController = WorkerGroup = None
@@ -105,14 +111,50 @@ if TrainController is not None and hasattr(WorkerGroup, "_init_train_context_on_
 
         worker_group_cls = DriverWorkerGroup
 
+        _loop: asyncio.AbstractEventLoop | None = None
+        _task: asyncio.Task | None = None
+
         def run_here(self):
             """Run the control loop to the end; the run's `Result`. Ctrl-C stops the workers first."""
             try:
-                asyncio.run(self.run())
+                asyncio.run(self._run_on_this_loop())
             except KeyboardInterrupt:
                 self.stop_workers()
                 raise
             return self.get_result()
+
+        async def _run_on_this_loop(self):
+            from trainer.phases import mark
+
+            mark("train_controller_here")
+            self._loop, self._task = asyncio.get_running_loop(), asyncio.current_task()
+            try:
+                await self.run()
+            except asyncio.CancelledError:  # request_abort's: the run is over
+                if not isinstance(self.get_state(), AbortedState):
+                    raise
+
+        def request_abort(self) -> concurrent.futures.Future | None:
+            """From another thread: what the actor's `abort` does, on the control loop between two of its
+            steps; the loop then ends. A future that is done once the workers are gone (None: not running)."""
+            loop = self._loop
+            if loop is None or loop.is_closed():
+                return None
+            try:
+                return asyncio.run_coroutine_threadsafe(self._abort_on_loop(), loop)
+            except RuntimeError:  # the loop closed meanwhile: the run is over
+                return None
+
+        async def _abort_on_loop(self):
+            if self.get_state().is_terminal():
+                return
+            self._controller_callback_manager.invoke_best_effort("before_controller_abort")
+            if self._worker_group:
+                self._worker_group.abort()
+            self._set_state(AbortedState())
+            # End the loop where it waits: Ray's would find the state terminal after its poll's sleep and
+            # call `exit_actor`, which here would end the trial's actor.
+            self._task.cancel()
 
         def stop_workers(self) -> None:
             """What the actor's `abort` does, but for its exit (the driver is not an actor to exit)."""
@@ -156,10 +198,20 @@ def _in_event_loop() -> bool:
 
 
 class LeanTorchTrainer(TorchTrainer):
-    def __init__(self, *args, private_ray: bool = False, yield_cpu: bool = False, **kwargs):
+    def __init__(self, *args, private_ray: bool = False, yield_cpu: bool = False, local_ray: bool = False,
+                 controller_here: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.private_ray = private_ray
         self.yield_cpu = yield_cpu
+        self.local_ray = local_ray or private_ray  # a local Ray: no autoscaler
+        self.controller_here = controller_here or private_ray
+        self.controller = None  # the DriverTrainController while one runs here
+
+    def request_abort(self) -> concurrent.futures.Future | None:
+        """Abort a run whose controller runs in this process, from another thread (see
+        `DriverTrainController.request_abort`); None when none runs here."""
+        controller = self.controller
+        return controller.request_abort() if controller is not None else None
 
     def _create_default_callbacks(self):
         callbacks = super()._create_default_callbacks()
@@ -175,8 +227,9 @@ class LeanTorchTrainer(TorchTrainer):
 
     def _initialize_and_run_controller(self, **controller_init_kwargs):
         policy = controller_init_kwargs.get("scaling_policy")
-        if self.private_ray and NoAutoscalerScalingPolicy is not None and type(policy) is FixedScalingPolicy:
+        if self.local_ray and NoAutoscalerScalingPolicy is not None and type(policy) is FixedScalingPolicy:
             controller_init_kwargs["scaling_policy"] = NoAutoscalerScalingPolicy(policy.scaling_config)
-        if self.private_ray and DriverTrainController is not None and not _in_event_loop():
-            return DriverTrainController(**controller_init_kwargs).run_here()
+        if self.controller_here and DriverTrainController is not None and not _in_event_loop():
+            self.controller = DriverTrainController(**controller_init_kwargs)
+            return self.controller.run_here()
         return super()._initialize_and_run_controller(**controller_init_kwargs)

@@ -24,7 +24,7 @@ import functools
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -167,6 +167,8 @@ def make_torch_trainer(
     invocation: str | None = None,
     private_ray: bool = False,
     yield_cpu: bool = False,
+    local_trial: bool = False,
+    user_env: Mapping[str, str] | None = None,
 ):
     """A `TorchTrainer` whose workers run `run_training` on `cfg` (from `prepare_config`: absolute paths).
 
@@ -175,7 +177,10 @@ def make_torch_trainer(
     sweep's metric, reported first at every step (see `rayjobs.worker.RayReportCallback`).
     `invocation`: the id of an earlier `fit()` whose checkpoints the workers may resume from.
     `private_ray`: the run owns the local Ray it runs on (see `rayjobs.torch_trainer`); `yield_cpu`: and this
-    process too (the CLI): the rest of that Ray runs at low priority while the workers train.
+    process too (the CLI): the rest of that Ray runs at low priority while the workers train. `local_trial`: a
+    sweep's trial on the sweep's own local Ray (the controller runs in the trial's actor). `user_env`: the
+    environment the user started prefsweep with, where this process's differs (a trial actor's: Ray sets
+    `OMP_NUM_THREADS` in it).
     """
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig
     from ray.train.torch import TorchConfig
@@ -195,10 +200,13 @@ def make_torch_trainer(
                      tracking=tracking)
     if invocation:
         loop.invocation = invocation
+    warm_workers = private_ray or local_trial  # the checkout is on a local Ray's PYTHONPATH (rayjobs.local_ray)
     return LeanTorchTrainer(
         train_fn_per_worker,
         private_ray=private_ray,
         yield_cpu=yield_cpu,
+        local_ray=local_trial,
+        controller_here=local_trial,
         train_loop_config={"loop": loop},
         # Ray Train, not transformers, opens the process group: ddp_timeout (LF sets it) is its timeout
         torch_config=TorchConfig(backend="nccl" if cfg.ray.use_gpu else "gloo",
@@ -210,10 +218,11 @@ def make_torch_trainer(
             failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.ray.num_to_keep),
             callbacks=list(callbacks) or None,
-            # a private Ray's workers import the training stack while Ray Train sets them up
+            # a local Ray's workers import the training stack while Ray Train sets them up
             worker_runtime_env={"env_vars": worker_env(deepspeed=bool(cfg.training.get("deepspeed")),
-                                                       cpus=scaling.total_resources.get("CPU", 0) / scaling.num_workers)}
-            if private_ray else None,
+                                                       cpus=scaling.total_resources.get("CPU", 0) / scaling.num_workers,
+                                                       environ=user_env)}
+            if warm_workers else None,
             # INFO prints every report's whole metrics dict; the trainer prints its own logs
             logging_config=LoggingConfig(log_level="WARNING"),
         ),

@@ -20,7 +20,8 @@ A sweep reuses its trial actors (`reuse_actors`), so a trial a scheduler stops (
 killing its actor, whose Ray Train controller and workers die with it: Tune keeps the actor for the next
 trial and, when it hands it over, ends the old trial's thread (Tune's report raises `SystemExit` in it).
 `fit_and_forward` then aborts the old trial's Ray Train run through its controller (whose handle came
-with its first report) before the thread ends, so the next trial finds its CPUs free and no worker of
+with its first report; on the sweep's own local Ray the controller runs in the trial's actor,
+`TrialSlot.abort_here`) before the thread ends, so the next trial finds its CPUs free and no worker of
 the stopped trial trains on.
 """
 
@@ -29,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -78,9 +80,11 @@ class TrialSlot:
     `fit_and_forward` use (`put`, `get(timeout=...)` raising `queue.Empty`, `empty`). Pickled into the
     Ray Train controller with the callback."""
 
-    def __init__(self, slots, key: str):
+    def __init__(self, slots, key: str, *, controller_actor: bool = True):
+        """`controller_actor`: the run's controller is an actor, whose handle goes with the first report
+        (False: it runs in the trial's own actor, `abort_here` aborts it)."""
         self.slots, self.key = slots, key
-        self.sent_controller = False
+        self.sent_controller = not controller_actor
 
     def put(self, report: dict) -> None:
         """In the controller: queue `report`, waiting for the slot; the first also hands over the controller."""
@@ -114,6 +118,20 @@ class TrialSlot:
             ray.get(controller.abort.remote(), timeout=timeout_s)
         except Exception:  # noqa: BLE001 - the abort ends by exiting the controller's actor
             pass
+
+    def abort_here(self, trainer, timeout_s: float = 30.0) -> None:
+        """In the trial: abort the attempt's Ray Train run whose controller runs in this process
+        (`LeanTorchTrainer.request_abort`). The controller may be waiting to put a report that nobody
+        takes any more: the slot is emptied until the abort is done."""
+        done = trainer.request_abort()
+        if done is None:
+            return
+        deadline = time.monotonic() + timeout_s
+        while not done.done() and time.monotonic() < deadline:
+            try:
+                self.get(timeout=0.2)
+            except queue.Empty:
+                pass
 
     def forget(self) -> None:
         self.slots.forget.remote(self.key)

@@ -95,3 +95,84 @@ def test_a_notebooks_running_event_loop_keeps_the_controller_an_actor(monkeypatc
     own._initialize_and_run_controller(scaling_policy=FixedScalingPolicy(scaling), callbacks=[])
     asyncio.run(in_a_loop())
     assert ways == ["driver", "actor"]
+
+
+def test_a_trial_on_the_sweeps_own_ray_runs_its_controller_here_and_keeps_the_cleaner(monkeypatch):
+    """A sweep's trial on its local Ray: the controller in the trial's actor (no controller process), no
+    autoscaling coordinator, but the placement-group cleaner stays (the sweep's Ray outlives a trial actor)."""
+    from ray.train import ScalingConfig
+    from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+    from ray.train.v2._internal.execution.scaling_policy import FixedScalingPolicy
+
+    from rayjobs import torch_trainer
+    from rayjobs.torch_trainer import LeanTorchTrainer, NoAutoscalerScalingPolicy
+
+    scaling = ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1})
+    trial = LeanTorchTrainer(lambda: None, scaling_config=scaling, local_ray=True, controller_here=True)
+    assert PlacementGroupCleanerCallback in {type(c) for c in trial._create_default_callbacks()}
+    assert trial.request_abort() is None  # no controller runs here yet: nothing to abort
+
+    class Here:
+        def __init__(self, **kw):
+            self.kw = kw
+
+        def run_here(self):
+            return "result"
+
+    monkeypatch.setattr(torch_trainer, "DriverTrainController", Here)
+    assert trial._initialize_and_run_controller(scaling_policy=FixedScalingPolicy(scaling), callbacks=[]) == "result"
+    assert isinstance(trial.controller, Here)
+    assert type(trial.controller.kw["scaling_policy"]) is NoAutoscalerScalingPolicy
+
+
+def test_a_controller_running_here_is_aborted_from_another_thread_between_two_of_its_steps():
+    """`request_abort` runs the actor's abort on the control loop: the workers go, the state is terminal, and the
+    loop ends where it waits (not at Ray's check after its sleep, which calls `exit_actor`: in a trial's actor
+    that ends the actor); a controller not (or no longer) running gives None."""
+    import asyncio
+    import threading
+
+    from ray.train.v2._internal.execution.controller.state import AbortedState, RunningState
+
+    from rayjobs.torch_trainer import DriverTrainController
+
+    events: list[str] = []
+
+    class Group:
+        def abort(self):
+            events.append("workers aborted")
+
+    class Callbacks:
+        def invoke_best_effort(self, hook):
+            events.append(hook)
+
+    class Fake(DriverTrainController):  # the control loop alone
+        def __init__(self):
+            self.state, self._worker_group, self._controller_callback_manager = RunningState(), Group(), Callbacks()
+            self.running = threading.Event()
+
+        def get_state(self):
+            return self.state
+
+        def _set_state(self, state):
+            self.state = state
+
+        async def run(self):  # as Ray's poll: sleep, then a terminal state found there ends the actor
+            self.running.set()
+            while True:
+                await asyncio.sleep(0.01)
+                if self.state.is_terminal():
+                    events.append("exit_actor")  # in a trial's actor: the actor would end
+                    return
+
+    controller = Fake()
+    assert controller.request_abort() is None
+    loop_thread = threading.Thread(target=lambda: asyncio.run(controller._run_on_this_loop()))
+    loop_thread.start()
+    assert controller.running.wait(5)
+    done = controller.request_abort()
+    done.result(timeout=5)
+    loop_thread.join(timeout=5)
+    assert not loop_thread.is_alive() and isinstance(controller.state, AbortedState)
+    assert events == ["before_controller_abort", "workers aborted"]
+    assert controller.request_abort() is None  # the loop has closed

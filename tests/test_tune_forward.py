@@ -146,3 +146,58 @@ def test_report_slots_hold_one_report_per_trial_attempt_and_keep_attempts_apart(
 
     asyncio.run(scenario())
 
+
+
+def test_a_controller_here_is_aborted_while_it_waits_to_put_a_report_nobody_takes():
+    """A stopped trial no longer takes reports; a controller running in its actor may be waiting to put one
+    (slot full). `abort_here` empties the slot until the abort is done, so the controller reaches it."""
+    import concurrent.futures
+
+    from rayjobs.tune_forward import TrialSlot
+
+    class LocalSlot(TrialSlot):
+        def __init__(self):
+            super().__init__(None, "trial_001/a", controller_actor=False)
+            self.queue = queue.Queue(1)
+
+        def put(self, report):
+            self.queue.put(report)
+
+        def get(self, timeout):
+            return self.queue.get(timeout=timeout)
+
+    slot, abort_requested, done = LocalSlot(), threading.Event(), concurrent.futures.Future()
+    assert slot.sent_controller  # no actor handle goes with the first report: the controller is no actor
+
+    def controller():  # reports every step; sees the abort only between two puts
+        step = 0
+        while not abort_requested.is_set():
+            step += 1
+            slot.put({"step": step})
+        done.set_result(step)
+
+    class Trainer:
+        def request_abort(self):
+            abort_requested.set()
+            return done
+
+    worker = threading.Thread(target=controller, daemon=True)
+    worker.start()
+    deadline = time.monotonic() + 5
+    while slot.queue.empty() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.1)  # the slot is full and the controller waits on its next put
+    assert worker.is_alive() and not done.done()
+    started = time.monotonic()
+    slot.abort_here(Trainer(), timeout_s=10)
+    assert done.done() and time.monotonic() - started < 5
+    worker.join(timeout=5)
+    assert not worker.is_alive()
+
+    class NotRunning:
+        def request_abort(self):
+            return None
+
+    slot.queue.put({"step": "left"})
+    slot.abort_here(NotRunning(), timeout_s=10)  # nothing runs here: returns at once, takes no report
+    assert slot.queue.get_nowait() == {"step": "left"}
