@@ -239,17 +239,12 @@ def test_job_submitted_sweep_is_recorded_in_mlflow(ray_head, tiny_model, tmp_pat
         open_png(client, parent.info.run_id, png, tmp_path / "parent")
 
 
-def test_asha_stops_trials_early_and_their_actor_runs_the_next_trial(ray_head, tiny_model, tmp_path):
+def asha_spec(name: str, tiny_model: Path, tmp_path: Path) -> dict:
     """3 trials one at a time, ranked on training loss, ASHA rungs every 3 steps. SimPO's loss starts near
     0.97 (-log sigmoid(-gamma), gamma 0.5) and sigmoid's at 0.693, so each SimPO trial reaches its first
-    rung behind the median of those before it and is stopped there, while its Ray Train run is mid-way.
-
-    One trial actor runs all three (Tune's reuse_actors): Tune hands a stopped trial's actor to the next
-    trial only once the stopped trial's thread has ended, which it does only after aborting its Train run
-    (else Tune's reset times out and the next trial errors); the aborted run trains no further."""
-    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    spec = {
-        "name": "ashatest",
+    rung behind the median of those before it and is stopped there, while its Ray Train run is mid-way."""
+    return {
+        "name": name,
         "base": base_config(tiny_model, tmp_path / "outputs", max_steps=9, eval_strategy="no", val_size=0,
                             plot_loss=False),
         "space": {
@@ -265,32 +260,48 @@ def test_asha_stops_trials_early_and_their_actor_runs_the_next_trial(ray_head, t
         "max_concurrent_trials": 1,
         "storage_path": str(tmp_path / "ray_results"),
     }
-    submit(ray_head, spec, tmp_path, "prefsweep-test-ashatest", store)
 
+
+def check_asha_stops(name: str, tmp_path: Path, store: str) -> set[int]:
+    """What `asha_spec`'s sweep must leave: the sigmoid trial trained to the end, both SimPO trials stopped
+    early and their Train runs aborted soon after (MLflow: KILLED, no step near the end), one trial actor for
+    all three. Returns the pids Tune recorded for the trials (that actor's)."""
     last_steps, pids = {}, {}
-    for result_file in (tmp_path / "ray_results" / "ashatest").glob("trial_*/result.json"):
+    for result_file in (tmp_path / "ray_results" / name).glob("trial_*/result.json"):
         results = [json.loads(line) for line in result_file.read_text().splitlines() if line.strip()]
         last_steps[result_file.parent.name] = max(r["step"] for r in results)
         pids[result_file.parent.name] = {r["pid"] for r in results}
     stopped = ["trial_001_simpo_beta2_gamma0.5", "trial_002_simpo_beta2.5_gamma0.5"]
     assert sorted(last_steps) == ["trial_000_sigmoid_beta0.1", *stopped], last_steps
     assert last_steps["trial_000_sigmoid_beta0.1"] == 9, last_steps
-    assert all(last_steps[name] < 9 for name in stopped), f"not stopped early: {last_steps}"
+    assert all(last_steps[n] < 9 for n in stopped), f"not stopped early: {last_steps}"
     assert len(set().union(*pids.values())) == 1, pids  # one actor ran every trial
 
-    for name in last_steps:
-        resolved = yaml.safe_load((tmp_path / "outputs" / name / "resolved_config.yaml").read_text())
-        assert (resolved["simpo_gamma"] is not None) == (resolved["pref_loss"] == "simpo"), name
+    for trial in last_steps:
+        resolved = yaml.safe_load((tmp_path / "outputs" / trial / "resolved_config.yaml").read_text())
+        assert (resolved["simpo_gamma"] is not None) == (resolved["pref_loss"] == "simpo"), trial
 
     client = MlflowClient(store)
-    experiment = client.get_experiment_by_name("ashatest")
+    experiment = client.get_experiment_by_name(name)
     runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])
             if "mlflow.parentRunId" in r.data.tags}
     assert {n: r.info.status for n, r in runs.items()} == {
         "trial_000_sigmoid_beta0.1": "FINISHED", stopped[0]: "KILLED", stopped[1]: "KILLED"}
-    for name in stopped:  # aborted a few steps past its stop, not trained to the end
-        steps = [m.step for m in client.get_metric_history(runs[name].info.run_id, "loss")]
-        assert last_steps[name] <= max(steps) < 9, (name, steps)
+    for trial in stopped:  # aborted a few steps past its stop, not trained to the end
+        steps = [m.step for m in client.get_metric_history(runs[trial].info.run_id, "loss")]
+        assert last_steps[trial] <= max(steps) < 9, (trial, steps)
+    return set().union(*pids.values())
+
+
+def test_asha_stops_trials_early_and_their_actor_runs_the_next_trial(ray_head, tiny_model, tmp_path):
+    """`asha_spec` as a job on a running cluster, where each Train run's controller is Ray's actor.
+
+    One trial actor runs all three (Tune's reuse_actors): Tune hands a stopped trial's actor to the next
+    trial only once the stopped trial's thread has ended, which it does only after aborting its Train run
+    (else Tune's reset times out and the next trial errors); the aborted run trains no further."""
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    submit(ray_head, asha_spec("ashatest", tiny_model, tmp_path), tmp_path, "prefsweep-test-ashatest", store)
+    check_asha_stops("ashatest", tmp_path, store)
 
 
 def test_demo_spec_submitted_from_a_fresh_checkout_after_make_demo(ray_head, tiny_model, tmp_path):
