@@ -277,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
         print_summary(summarize(saved["runs"]), check(saved["runs"], steps))
         return 0
     peers = [p.strip() for p in args.peers.split(",") if p.strip()]
+    if unknown := [p for p in peers if p not in PEERS]:  # an unknown name would run as the TRL loop
+        parser.error(f"--peers: unknown {', '.join(unknown)}; choose from {', '.join(PEERS)}")
     model_shape = QUICK_MODEL if args.quick else MODEL
     if args.quick:
         args.max_samples, args.cutoff_len = 16, 256
