@@ -111,7 +111,7 @@ def trial_driver(config: dict, *, base: TrainConfig, storage: str, sweep_name: s
         local_trial=local_ray,
         user_env=user_env,
     )
-    abort = (functools.partial(reports.abort_here, trainer) if local_ray else reports.abort_run)
+    abort = functools.partial(reports.abort_here, trainer) if local_ray else reports.abort_run
     # Tune hands this actor to a next trial (reuse_actors) only once this thread has ended; a scheduler-stopped
     # trial's thread first aborts its Train run (see rayjobs.tune_forward), more than Tune's 2 s default.
     os.environ["TUNE_FUNCTION_THREAD_TIMEOUT_S"] = str(int(2 * TRIAL_ABORT_WAIT_S) + 10)
@@ -266,7 +266,8 @@ def run(source: str | Path | dict, overrides: list[str] = (), *, worker_logs: bo
     trainable = tune.with_resources(
         tune.with_parameters(trial_driver, base=base_cfg, storage=storage, sweep_name=spec.name, metric=spec.metric,
                              tracking=tracking, report_slots=report_slots, resume=resume, local_ray=how == "local",
-                             user_env={k: os.environ[k] for k in ("OMP_NUM_THREADS",) if k in os.environ}),
+                             user_env={"OMP_NUM_THREADS": os.environ["OMP_NUM_THREADS"]}
+                             if "OMP_NUM_THREADS" in os.environ else {}),
         TRIAL_DRIVER_RESOURCES,
     )
     if resume:

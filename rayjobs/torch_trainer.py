@@ -20,7 +20,7 @@
     (`DriverTrainController`); Ctrl-C stops the workers and raises `KeyboardInterrupt` in the driver.
     Its one difference to the actor: a worker's train context has no controller handle, which only
     `ray.train.get_all_reported_checkpoints` uses (prefsweep's workers do not).
-- **A trial of a sweep on its own local Ray** (`controller_here=True`, `local_ray=True`) runs its controller in
+- **A trial of a sweep on its own local Ray** (`local_trial=True`) runs its controller in
   the trial's actor, which Tune reuses from trial to trial and which has imported Ray Train and torch already:
   no controller process per trial, and no autoscaling coordinator. It keeps the placement-group cleaner (the
   sweep's Ray outlives a trial actor that dies). A scheduler that stops the trial aborts the run through
@@ -148,16 +148,15 @@ if TrainController is not None and hasattr(WorkerGroup, "_init_train_context_on_
         async def _abort_on_loop(self):
             if self.get_state().is_terminal():
                 return
-            self._controller_callback_manager.invoke_best_effort("before_controller_abort")
-            if self._worker_group:
-                self._worker_group.abort()
+            self.stop_workers()
             self._set_state(AbortedState())
             # End the loop where it waits: Ray's would find the state terminal after its poll's sleep and
             # call `exit_actor`, which here would end the trial's actor.
             self._task.cancel()
 
         def stop_workers(self) -> None:
-            """What the actor's `abort` does, but for its exit (the driver is not an actor to exit)."""
+            """What the actor's `abort` does, but for its exit (this process is not an actor to exit, or must
+            not exit: a trial's actor)."""
             if self.get_state().is_terminal():
                 return
             self._controller_callback_manager.invoke_best_effort("before_controller_abort")
@@ -165,7 +164,7 @@ if TrainController is not None and hasattr(WorkerGroup, "_init_train_context_on_
                 if self._worker_group:
                     self._worker_group.abort()
             except Exception:
-                logger.exception("prefsweep: stopping the Ray Train workers after Ctrl-C failed")
+                logger.exception("prefsweep: stopping the Ray Train workers failed")
 
 else:
     DriverTrainController = None
@@ -198,14 +197,14 @@ def _in_event_loop() -> bool:
 
 
 class LeanTorchTrainer(TorchTrainer):
-    def __init__(self, *args, private_ray: bool = False, yield_cpu: bool = False, local_ray: bool = False,
-                 controller_here: bool = False, **kwargs):
+    def __init__(self, *args, private_ray: bool = False, yield_cpu: bool = False, local_trial: bool = False,
+                 **kwargs):
         super().__init__(*args, **kwargs)
         self.private_ray = private_ray
         self.yield_cpu = yield_cpu
-        self.local_ray = local_ray or private_ray  # a local Ray: no autoscaler
-        self.controller_here = controller_here or private_ray
-        self.controller = None  # the DriverTrainController while one runs here
+        # on a local Ray (no autoscaler), from a process that has Ray Train imported: the controller runs here
+        self.controller_here = private_ray or local_trial
+        self.controller = None  # the DriverTrainController once one runs here
 
     def request_abort(self) -> concurrent.futures.Future | None:
         """Abort a run whose controller runs in this process, from another thread (see
@@ -227,7 +226,7 @@ class LeanTorchTrainer(TorchTrainer):
 
     def _initialize_and_run_controller(self, **controller_init_kwargs):
         policy = controller_init_kwargs.get("scaling_policy")
-        if self.local_ray and NoAutoscalerScalingPolicy is not None and type(policy) is FixedScalingPolicy:
+        if self.controller_here and NoAutoscalerScalingPolicy is not None and type(policy) is FixedScalingPolicy:
             controller_init_kwargs["scaling_policy"] = NoAutoscalerScalingPolicy(policy.scaling_config)
         if self.controller_here and DriverTrainController is not None and not _in_event_loop():
             self.controller = DriverTrainController(**controller_init_kwargs)

@@ -205,8 +205,7 @@ def make_torch_trainer(
         train_fn_per_worker,
         private_ray=private_ray,
         yield_cpu=yield_cpu,
-        local_ray=local_trial,
-        controller_here=local_trial,
+        local_trial=local_trial,
         train_loop_config={"loop": loop},
         # Ray Train, not transformers, opens the process group: ddp_timeout (LF sets it) is its timeout
         torch_config=TorchConfig(backend="nccl" if cfg.ray.use_gpu else "gloo",

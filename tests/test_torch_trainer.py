@@ -108,7 +108,7 @@ def test_a_trial_on_the_sweeps_own_ray_runs_its_controller_here_and_keeps_the_cl
     from rayjobs.torch_trainer import LeanTorchTrainer, NoAutoscalerScalingPolicy
 
     scaling = ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1})
-    trial = LeanTorchTrainer(lambda: None, scaling_config=scaling, local_ray=True, controller_here=True)
+    trial = LeanTorchTrainer(lambda: None, scaling_config=scaling, local_trial=True)
     assert PlacementGroupCleanerCallback in {type(c) for c in trial._create_default_callbacks()}
     assert trial.request_abort() is None  # no controller runs here yet: nothing to abort
 
