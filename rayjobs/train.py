@@ -186,7 +186,6 @@ def make_torch_trainer(
     from ray.train.torch import TorchConfig
 
     from rayjobs.torch_trainer import LeanTorchTrainer
-    from rayjobs.worker_warmup import worker_env
 
     # Ray Train's controller takes a worker's report when it polls the workers (every 2 s by
     # default) and the worker's next report waits for that: reporting every log step needs a
@@ -218,14 +217,25 @@ def make_torch_trainer(
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.ray.num_to_keep),
             callbacks=list(callbacks) or None,
             # a local Ray's workers import the training stack while Ray Train sets them up
-            worker_runtime_env={"env_vars": worker_env(deepspeed=bool(cfg.training.get("deepspeed")),
-                                                       cpus=scaling.total_resources.get("CPU", 0) / scaling.num_workers,
-                                                       environ=user_env)}
-            if warm_workers else None,
+            worker_runtime_env=warm_runtime_env(cfg, scaling, user_env) if warm_workers else None,
             # INFO prints every report's whole metrics dict; the trainer prints its own logs
             logging_config=LoggingConfig(log_level="WARNING"),
         ),
     )
+
+
+def warm_runtime_env(cfg: TrainConfig, scaling, user_env: dict | None) -> dict:
+    """The runtime env of a local Ray's workers: the warm-up hook, and the fork server's client where one runs."""
+    from rayjobs.warm_fork import py_executable
+    from rayjobs.worker_warmup import worker_env
+
+    runtime_env = {"env_vars": worker_env(deepspeed=bool(cfg.training.get("deepspeed")),
+                                          cpus=scaling.total_resources.get("CPU", 0) / scaling.num_workers,
+                                          environ=user_env)}
+    executable = py_executable()
+    if executable and not cfg.ray.use_gpu and not cfg.training.get("deepspeed"):
+        runtime_env["py_executable"] = executable
+    return runtime_env
 
 
 def tracking_args(*, run_name: str, experiment_id: str | None, parent_run_id: str | None = None,
@@ -319,6 +329,10 @@ def _prepare_while_ray_starts(source: str | Path | dict, overrides: Sequence[str
         early = False
     if not early:
         return prepare_config(source, overrides), None, UNRESOLVED
+    from rayjobs import warm_fork
+
+    if warm_fork.wanted(raw):  # its imports run beside Ray's start and the validation
+        warm_fork.start()
     with ThreadPoolExecutor(1, thread_name_prefix="prefsweep-config") as pool:
         validated = pool.submit(_driver_setup, source, overrides, track)
         try:

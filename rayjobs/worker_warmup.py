@@ -68,12 +68,22 @@ def start() -> None:
 def _import_all() -> None:
     from trainer.phases import mark
 
-    for name in MODULES:
+    if import_stack(MODULES):
+        mark("warmup_done")
+
+
+def import_stack(modules=MODULES) -> bool:
+    """Import `modules` (after torch, without DeepSpeed); False at the first that fails: the training function
+    imports it again and reports the error. Also the fork server's preload (`rayjobs.warm_fork`)."""
+    import torch  # noqa: F401  (see the module's docstring)
+
+    sys.modules.setdefault("deepspeed", None)  # type: ignore[arg-type]
+    for name in modules:
         try:
             importlib.import_module(name)
-        except Exception:  # noqa: BLE001  the training function imports it again and reports the error
-            return
-    mark("warmup_done")
+        except Exception:  # noqa: BLE001
+            return False
+    return True
 
 
 def wait() -> None:

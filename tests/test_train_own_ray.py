@@ -286,6 +286,12 @@ def test_prefsweep_train_on_its_own_ray_logs_the_in_process_losses(tiny, tmp_pat
     assert {ray_marks[name][1] for name in warm} == {ray_marks["worker_start"][1]}  # one process: the worker
     assert ray_marks["worker_start"][1] != ray_marks["config_parsed"][1]  # ... not the driver
     assert not {name for name in marks["false"] if name.startswith("warmup_")}
+    # ... in a process the run's fork server forked (rayjobs.warm_fork): that server, neither the driver nor the
+    # worker, had imported the stack beside Ray's start; in-process no server starts
+    assert ray_marks["warm_fork_child"][1] == ray_marks["worker_start"][1]
+    assert ray_marks["warm_fork_ready"][1] not in (ray_marks["worker_start"][1], ray_marks["config_parsed"][1])
+    assert ray_marks["warm_fork_ready"][0] < ray_marks["warm_fork_child"][0] < ray_marks["worker_start"][0]
+    assert not {name for name in marks["false"] if name.startswith("warm_fork")}
     # torch was imported before Ray set OMP_NUM_THREADS for the actor; the worker (1 CPU, Ray Train's default)
     # still trains on 1 thread, not one per core
     assert "worker_torch_threads=1" in ray_marks
