@@ -76,13 +76,14 @@ def trial_changes(base: TrainConfig, sampled: dict, name: str) -> dict:
 
 def trial_driver(config: dict, *, base: TrainConfig, storage: str, sweep_name: str, metric: str,
                  tracking: dict | None, report_slots, resume: bool = False, local_ray: bool = False,
-                 user_env: dict | None = None) -> None:
+                 user_env: dict | None = None, fork_server: str | None = None) -> None:
     """One Tune trial: run the sampled config as a Ray Train job and forward its reports to Tune.
 
     `report_slots`: the sweep's `ReportSlots` actor. `resume` (a restored sweep): continue from the
     latest checkpoint of this trial's Ray Train run. `local_ray`: the sweep runs on the local Ray it
     started: the Train run's controller runs here, in the trial's actor (`rayjobs.torch_trainer`).
-    `user_env`: the sweep driver's environment where it matters to the workers (`worker_env`).
+    `user_env`: the sweep driver's environment where it matters to the workers (`worker_env`). `fork_server`: the
+    socket of the sweep's fork server, which starts the workers with the training stack imported (`rayjobs.warm_fork`).
     """
     import uuid
 
@@ -110,6 +111,7 @@ def trial_driver(config: dict, *, base: TrainConfig, storage: str, sweep_name: s
         invocation=invocation,
         local_trial=local_ray,
         user_env=user_env,
+        fork_server=fork_server,
     )
     abort = functools.partial(reports.abort_here, trainer) if local_ray else reports.abort_run
     # Tune hands this actor to a next trial (reuse_actors) only once this thread has ended; a scheduler-stopped
@@ -224,7 +226,15 @@ def run(source: str | Path | dict, overrides: list[str] = (), *, worker_logs: bo
     if base_cfg.ray.run_name:
         raise ConfigError("ray_run_name / ray.run_name names the Ray Train run of `prefsweep train`; a sweep names "
                           "each trial's run after the trial: remove it")
+    from rayjobs import warm_fork
+
+    # one server for every trial's workers, on a Ray this process starts; its imports run beside Ray's start
+    fork_server = (warm_fork.start() if warm_fork.wanted(use_gpu=base_cfg.ray.use_gpu,
+                                                          deepspeed=base_cfg.training.get("deepspeed")) else None)
     how = ensure_ray(log_to_driver=worker_logs, init_kwargs=base_cfg.ray.init_kwargs)
+    if fork_server and how != "local":  # this process was already connected to a Ray: its workers start as Ray's
+        warm_fork.stop()
+        fork_server = None
     per_trial = per_trial_resources(base_cfg)
     concurrency = spec.max_concurrent_trials or default_concurrency(cluster_resources(), per_trial)
     storage = storage_root(spec)
@@ -267,7 +277,8 @@ def run(source: str | Path | dict, overrides: list[str] = (), *, worker_logs: bo
         tune.with_parameters(trial_driver, base=base_cfg, storage=storage, sweep_name=spec.name, metric=spec.metric,
                              tracking=tracking, report_slots=report_slots, resume=resume, local_ray=how == "local",
                              user_env={"OMP_NUM_THREADS": os.environ["OMP_NUM_THREADS"]}
-                             if "OMP_NUM_THREADS" in os.environ else {}),
+                             if "OMP_NUM_THREADS" in os.environ else {},
+                             fork_server=fork_server),
         TRIAL_DRIVER_RESOURCES,
     )
     if resume:

@@ -169,6 +169,7 @@ def make_torch_trainer(
     yield_cpu: bool = False,
     local_trial: bool = False,
     user_env: Mapping[str, str] | None = None,
+    fork_server: str | None = None,
 ):
     """A `TorchTrainer` whose workers run `run_training` on `cfg` (from `prepare_config`: absolute paths).
 
@@ -180,7 +181,7 @@ def make_torch_trainer(
     process too (the CLI): the rest of that Ray runs at low priority while the workers train. `local_trial`: a
     sweep's trial on the sweep's own local Ray (the controller runs in the trial's actor). `user_env`: the
     environment the user started prefsweep with, where this process's differs (a trial actor's: Ray sets
-    `OMP_NUM_THREADS` in it).
+    `OMP_NUM_THREADS` in it). `fork_server`: the socket of the sweep's fork server (`rayjobs.warm_fork`).
     """
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig
     from ray.train.torch import TorchConfig
@@ -217,22 +218,23 @@ def make_torch_trainer(
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.ray.num_to_keep),
             callbacks=list(callbacks) or None,
             # a local Ray's workers import the training stack while Ray Train sets them up
-            worker_runtime_env=warm_runtime_env(cfg, scaling, user_env) if warm_workers else None,
+            worker_runtime_env=warm_runtime_env(cfg, scaling, user_env, fork_server) if warm_workers else None,
             # INFO prints every report's whole metrics dict; the trainer prints its own logs
             logging_config=LoggingConfig(log_level="WARNING"),
         ),
     )
 
 
-def warm_runtime_env(cfg: TrainConfig, scaling, user_env: dict | None) -> dict:
-    """The runtime env of a local Ray's workers: the warm-up hook, and the fork server's client where one runs."""
+def warm_runtime_env(cfg: TrainConfig, scaling, user_env: dict | None, fork_server: str | None = None) -> dict:
+    """The runtime env of a local Ray's workers: the warm-up hook, and the fork server's client where one runs
+    (`fork_server`: a sweep's, by its socket's path; else this process's own, `prefsweep train`'s)."""
     from rayjobs.warm_fork import py_executable
     from rayjobs.worker_warmup import worker_env
 
     runtime_env = {"env_vars": worker_env(deepspeed=bool(cfg.training.get("deepspeed")),
                                           cpus=scaling.total_resources.get("CPU", 0) / scaling.num_workers,
                                           environ=user_env)}
-    executable = py_executable()
+    executable = py_executable(fork_server)
     if executable and not cfg.ray.use_gpu and not cfg.training.get("deepspeed"):
         runtime_env["py_executable"] = executable
     return runtime_env
@@ -331,7 +333,11 @@ def _prepare_while_ray_starts(source: str | Path | dict, overrides: Sequence[str
         return prepare_config(source, overrides), None, UNRESOLVED
     from rayjobs import warm_fork
 
-    if warm_fork.wanted(raw):  # its imports run beside Ray's start and the validation
+    try:
+        use_gpu = coerce("ray.use_gpu", (raw.get("ray") or {}).get("use_gpu", False), bool)
+    except ConfigError:  # the validation says what is wrong
+        use_gpu = True
+    if warm_fork.wanted(use_gpu=use_gpu, deepspeed=raw.get("deepspeed")):  # imports beside Ray's start
         warm_fork.start()
     with ThreadPoolExecutor(1, thread_name_prefix="prefsweep-config") as pool:
         validated = pool.submit(_driver_setup, source, overrides, track)

@@ -44,19 +44,18 @@ _server: subprocess.Popen | None = None
 _socket_path: str | None = None
 
 
-def wanted(raw: dict) -> bool:
-    """Whether a run's config, read but not yet validated (`rayjobs.train._prepare_while_ray_starts`), is one the
-    server serves: CPU workers without DeepSpeed, on a Ray that this process will start."""
-    ray_section = raw.get("ray") or {}
-    return (not os.environ.get("RAY_ADDRESS") and not ray_section.get("use_gpu")
-            and not raw.get("deepspeed") and sys.platform.startswith("linux"))
+def wanted(*, use_gpu: bool, deepspeed) -> bool:
+    """Whether the server serves a run's (or a sweep's) workers: CPU workers without DeepSpeed, on a Ray that this
+    process will start."""
+    return not os.environ.get("RAY_ADDRESS") and not use_gpu and not deepspeed and sys.platform.startswith("linux")
 
 
-def start() -> None:
-    """Start the server for this process's run (once); its imports then run beside Ray's start."""
+def start() -> str:
+    """Start the server for this process's run or sweep (once); its imports then run beside Ray's start. Returns
+    its socket's path, which the processes that build the workers' runtime env pass to `py_executable`."""
     global _server, _socket_path
     if _server is not None:
-        return
+        return _socket_path
     from rayjobs.local_ray import LOCAL_ENV, _worker_pythonpath
 
     directory = tempfile.mkdtemp(prefix="prefsweep-fork-")
@@ -65,13 +64,17 @@ def start() -> None:
     _server = subprocess.Popen([sys.executable, "-m", __name__, _socket_path], env=env, stdin=subprocess.DEVNULL,
                                start_new_session=True)
     atexit.register(stop)
+    return _socket_path
 
 
-def py_executable() -> str | None:
-    """The `py_executable` that starts a worker through the running server; None when none runs."""
-    if _server is None or _server.poll() is not None:
+def py_executable(socket_path: str | None = None) -> str | None:
+    """The `py_executable` that starts a worker through a server: the one at `socket_path` (a sweep's, started by
+    the sweep's driver; this runs in a trial's actor), else this process's own; None when there is none."""
+    if socket_path is None and _server is not None and _server.poll() is None:
+        socket_path = _socket_path
+    if not socket_path or not os.path.exists(socket_path):
         return None
-    return " ".join(shlex.quote(part) for part in (sys.executable, "-I", "-S", str(CLIENT), _socket_path))
+    return " ".join(shlex.quote(part) for part in (sys.executable, "-I", "-S", str(CLIENT), socket_path))
 
 
 def stop() -> None:
@@ -119,6 +122,9 @@ def _run_child(request: dict, fds: list[int]) -> int:
     signal.set_wakeup_fd(-1)
     for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, signal.SIG_DFL)
+    # a process group of its own, as a worker Ray starts has: Ray ends a worker's whole group when it ends the
+    # worker, which would otherwise be the server's, with every other worker in it
+    os.setsid()
     _die_with_parent()
     for target, fd in enumerate(fds):
         os.dup2(fd, target)

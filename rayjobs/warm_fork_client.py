@@ -42,7 +42,10 @@ def main():
     answer = replies.readline().split()
     code = int(answer[1]) if len(answer) == 2 and answer[0] == b"exit" else 1
     if code < 0:  # the worker died of a signal: so does this process
-        signal.signal(-code, signal.SIG_DFL)
+        try:
+            signal.signal(-code, signal.SIG_DFL)
+        except (OSError, ValueError):  # SIGKILL, SIGSTOP: no handler to reset
+            pass
         os.kill(os.getpid(), -code)
     sys.exit(code)
 

@@ -57,3 +57,8 @@ def test_trials_on_the_sweeps_own_ray_run_their_controller_in_the_trial_actor_an
     assert len(workers) == 3 and not workers & trial_pids, marks
     assert sorted(name for name, pid in marks if name.startswith("worker_torch_threads=")) == [
         "worker_torch_threads=1"] * 3, marks
+    # ... each in a process forked by the sweep's fork server (rayjobs.warm_fork), which had imported the training
+    # stack once for all of them; a process neither the driver's nor a trial's
+    assert {pid for name, pid in marks if name == "warm_fork_child"} == workers, marks
+    servers = {pid for name, pid in marks if name == "warm_fork_ready"}
+    assert len(servers) == 1 and not servers & (workers | trial_pids), marks

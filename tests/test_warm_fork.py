@@ -117,6 +117,26 @@ def test_signals_reach_the_worker_and_a_worker_whose_client_is_killed_dies(serve
         time.sleep(0.05)
 
 
+def test_each_worker_has_a_process_group_of_its_own_so_ending_one_leaves_the_server_and_the_others(
+        server, script, tmp_path):
+    """Ray ends a worker's whole process group with it: in the server's group that took the server and every other
+    worker along (a sweep's second trial then started cold)."""
+    socket_path, process = server
+    clients, workers = [], []
+    for name in ("a", "b"):
+        report = tmp_path / f"{name}.json"
+        clients.append(_client(socket_path, script, report, "sleep", cwd=tmp_path))
+        workers.append(_wait_for(report, clients[-1])["pid"])
+    assert [os.getpgid(pid) for pid in workers] == workers
+    os.killpg(workers[0], signal.SIGKILL)
+    clients[0].communicate(timeout=60)
+    assert clients[0].returncode == -signal.SIGKILL
+    assert process.poll() is None and psutil.pid_exists(workers[1])
+    clients[1].terminate()
+    clients[1].communicate(timeout=60)
+    assert clients[1].returncode == -signal.SIGTERM
+
+
 def test_without_a_server_the_client_starts_the_worker_itself(script, tmp_path):
     report = tmp_path / "report.json"
     client = _client(str(tmp_path / "no-server"), script, report, "4", cwd=tmp_path)
@@ -127,15 +147,15 @@ def test_without_a_server_the_client_starts_the_worker_itself(script, tmp_path):
     assert seen["warm"] == [] and seen["threads"] == 1
 
 
-@pytest.mark.parametrize(("raw", "env", "expected"), [
-    ({}, {}, True),
-    ({"ray": {"num_workers": 2}}, {}, True),
-    ({}, {"RAY_ADDRESS": "127.0.0.1:6379"}, False),  # a cluster's workers: not forked from this machine
-    ({"ray": {"use_gpu": True}}, {}, False),  # a CUDA driver initialised before a fork
-    ({"deepspeed": "ds_z2.json"}, {}, False),  # DeepSpeed's own imports (rayjobs.worker_warmup.worker_env)
+@pytest.mark.parametrize(("use_gpu", "deepspeed", "address", "expected"), [
+    (False, None, None, True),
+    (False, None, "127.0.0.1:6379", False),  # a cluster's workers: not forked from this machine
+    (True, None, None, False),  # a CUDA driver initialised before a fork
+    (False, "ds_z2.json", None, False),  # DeepSpeed's own imports (rayjobs.worker_warmup.worker_env)
 ])
-def test_the_server_starts_only_for_cpu_workers_on_a_ray_of_this_process(monkeypatch, raw, env, expected):
+def test_the_server_starts_only_for_cpu_workers_on_a_ray_of_this_process(monkeypatch, use_gpu, deepspeed, address,
+                                                                         expected):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    assert warm_fork.wanted(raw) is expected
+    if address:
+        monkeypatch.setenv("RAY_ADDRESS", address)
+    assert warm_fork.wanted(use_gpu=use_gpu, deepspeed=deepspeed) is expected
