@@ -1,4 +1,5 @@
-"""A fork server for a single run's Ray Train workers: the worker process starts with the training stack imported.
+"""A fork server for the Ray Train workers of a run or sweep on the local Ray it starts: a worker process starts with
+the training stack imported.
 
 On a private local Ray (`prefsweep train` without `RAY_ADDRESS`), a worker process only starts once the driver has
 started Ray and Ray Train has set up the worker group; it then imports torch, transformers, datasets and `trainer`
@@ -8,7 +9,9 @@ asks for Ray: that process imports the stack beside Ray's start and the config's
 the workers through `client.py` (the `py_executable` of their runtime env): the client hands its arguments,
 environment, working directory and standard streams to the server, which forks; the child runs Ray's
 `default_worker.py` as its own `__main__`, with the stack already imported. Like `multiprocessing`'s forkserver
-with preloaded modules, or PyTorch's DataLoader workers, which fork a process that has imported torch.
+with preloaded modules, or PyTorch's DataLoader workers, which fork a process that has imported torch. A sweep on
+the local Ray it starts (`rayjobs.sweep`) runs one server for all its trials' workers; each trial, in an actor of its
+own, passes the server's socket to its workers' runtime env (`py_executable(socket_path)`).
 
 Only where forking is sound and this checkout is ours to run: a private local Ray, CPU workers (a CUDA driver
 initialised before a fork is not usable in the child, and transformers' imports may query it), no DeepSpeed (the
