@@ -80,6 +80,23 @@ def test_partial_checkpoint_is_skipped_and_resume_uses_the_previous_good_one(tin
     assert (last / CHECKPOINT_COMPLETE).is_file()  # rewritten whole by the resumed run
 
 
+def test_resuming_from_the_last_steps_checkpoint_trains_nothing_more(tiny, tmp_path):
+    """Hugging Face's loop checks max_steps only after a step: resumed from checkpoint-4 of a 4-step run it trained
+    step 5 (a sweep interrupted after its trial's last checkpoint did). The resumed run ends with checkpoint-4's
+    weights and log."""
+    from safetensors.torch import load_file
+
+    out = tmp_path / "run"
+    train.run(config(tiny, out), track=False)
+    full = train_logs(out)
+    metrics = train.run(config(tiny, out, resume_from_checkpoint=True), track=False)
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    assert train_logs(out) == full  # steps 1-4 as trained, no step 5
+    final, saved = load_file(out / "model.safetensors"), load_file(out / "checkpoint-4" / "model.safetensors")
+    assert final.keys() == saved.keys() and all((final[k] == saved[k]).all() for k in final)
+    assert metrics["epoch"] == json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())["epoch"]
+
+
 def test_no_complete_checkpoint_is_a_config_error(tiny, tmp_path):
     out = tmp_path / "run"
     (out / "checkpoint-2").mkdir(parents=True)  # cut off before its marker

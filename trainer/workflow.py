@@ -153,13 +153,17 @@ def run_training(cfg: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) ->
     if cfg.finetuning.eval_generate and cfg.finetuning.eval_generate_every_eval:
         trainer.add_callback(GenerateAtEvalCallback(trainer, generations))
     if args.do_train:
-        train_output = trainer.train(resume_from_checkpoint=resolve_resume(cfg))
+        checkpoint = resolve_resume(cfg)
+        if trained_to_the_end(checkpoint, args) and not trainer.is_deepspeed_enabled:
+            train_metrics = nothing_left_to_train(trainer, checkpoint)
+        else:
+            train_metrics = trainer.train(resume_from_checkpoint=checkpoint).metrics
         trainer.save_model()
         mark("saved")
-        trainer.log_metrics("train", train_output.metrics)
-        save_metrics(trainer, "train", train_output.metrics)
+        trainer.log_metrics("train", train_metrics)
+        save_metrics(trainer, "train", train_metrics)
         save_state(trainer)
-        result.metrics.update(train_output.metrics)
+        result.metrics.update(train_metrics)
     if args.do_eval and trainer.eval_dataset is not None:
         eval_metrics = final_evaluation(trainer)
         if trainer.reference.kind == "self":  # policy == reference: rewards are 0 by construction
@@ -183,6 +187,31 @@ def run_training(cfg: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) ->
         if facts["skipped"]:
             logger.warning("skipped rows: %s", json.dumps(facts["skipped"]))
     return result
+
+
+def trained_to_the_end(checkpoint: str | None, args) -> bool:
+    """Whether `checkpoint` already holds every step of a `max_steps` run (a run stopped between its last checkpoint
+    and its end, or a sweep interrupted there)."""
+    if not checkpoint or args.max_steps <= 0:
+        return False
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+    return state.get("global_step", 0) >= args.max_steps
+
+
+def nothing_left_to_train(trainer: PreferenceTrainer, checkpoint: str) -> dict[str, float]:
+    """Resume from a checkpoint at `max_steps` without training: Hugging Face's loop checks the limit only after a
+    step, so `train(resume_from_checkpoint=...)` would train one step past it. The weights and state are the
+    checkpoint's (loaded as `train` loads them), and the callbacks see a run begin and end (MLflow opens its run)."""
+    from transformers.trainer_callback import TrainerState
+
+    trainer._load_from_checkpoint(checkpoint)
+    trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
+    trainer.state.is_local_process_zero = trainer.is_local_process_zero()
+    trainer.state.is_world_process_zero = trainer.is_world_process_zero()
+    logger.info("%s holds all %d steps: nothing left to train", checkpoint, trainer.state.global_step)
+    trainer.control = trainer.callback_handler.on_train_begin(trainer.args, trainer.state, trainer.control)
+    trainer.control = trainer.callback_handler.on_train_end(trainer.args, trainer.state, trainer.control)
+    return {"epoch": trainer.state.epoch}
 
 
 def generate_and_log(trainer: PreferenceTrainer, generations: GenerationLog, result: RunResult) -> None:
