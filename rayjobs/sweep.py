@@ -226,15 +226,14 @@ def run(source: str | Path | dict, overrides: list[str] = (), *, worker_logs: bo
     if base_cfg.ray.run_name:
         raise ConfigError("ray_run_name / ray.run_name names the Ray Train run of `prefsweep train`; a sweep names "
                           "each trial's run after the trial: remove it")
+    import ray
+
     from rayjobs import warm_fork
 
     # one server for every trial's workers, on a Ray this process starts; its imports run beside Ray's start
-    fork_server = (warm_fork.start() if warm_fork.wanted(use_gpu=base_cfg.ray.use_gpu,
-                                                          deepspeed=base_cfg.training.get("deepspeed")) else None)
+    fork_server = (warm_fork.start() if not ray.is_initialized() and warm_fork.wanted(
+        use_gpu=base_cfg.ray.use_gpu, deepspeed=base_cfg.training.get("deepspeed")) else None)
     how = ensure_ray(log_to_driver=worker_logs, init_kwargs=base_cfg.ray.init_kwargs)
-    if fork_server and how != "local":  # this process was already connected to a Ray: its workers start as Ray's
-        warm_fork.stop()
-        fork_server = None
     per_trial = per_trial_resources(base_cfg)
     concurrency = spec.max_concurrent_trials or default_concurrency(cluster_resources(), per_trial)
     storage = storage_root(spec)
@@ -268,8 +267,6 @@ def run(source: str | Path | dict, overrides: list[str] = (), *, worker_logs: bo
     tracking = tracking_args(run_name="", experiment_id=parent.record["experiment_id"] or experiment_id,
                              parent_run_id=parent.run_id, log_model=spec.log_model)  # fmt: skip
     tracking["tags"][TAG_SWEEP_ID] = parent.sweep_id  # links trials started before the parent run exists
-    import ray
-
     from rayjobs.tune_forward import ReportSlots
 
     report_slots = ray.remote(ReportSlots).options(num_cpus=0).remote()

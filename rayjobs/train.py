@@ -228,14 +228,14 @@ def make_torch_trainer(
 def warm_runtime_env(cfg: TrainConfig, scaling, user_env: dict | None, fork_server: str | None = None) -> dict:
     """The runtime env of a local Ray's workers: the warm-up hook, and the fork server's client where one runs
     (`fork_server`: a sweep's, by its socket's path; else this process's own, `prefsweep train`'s)."""
-    from rayjobs.warm_fork import py_executable
+    from rayjobs.warm_fork import forkable, py_executable
     from rayjobs.worker_warmup import worker_env
 
     runtime_env = {"env_vars": worker_env(deepspeed=bool(cfg.training.get("deepspeed")),
                                           cpus=scaling.total_resources.get("CPU", 0) / scaling.num_workers,
                                           environ=user_env)}
     executable = py_executable(fork_server)
-    if executable and not cfg.ray.use_gpu and not cfg.training.get("deepspeed"):
+    if executable and forkable(use_gpu=cfg.ray.use_gpu, deepspeed=cfg.training.get("deepspeed")):
         runtime_env["py_executable"] = executable
     return runtime_env
 

@@ -47,10 +47,15 @@ _server: subprocess.Popen | None = None
 _socket_path: str | None = None
 
 
+def forkable(*, use_gpu: bool, deepspeed) -> bool:
+    """Whether workers may be forked from the server: CPU workers without DeepSpeed, on Linux."""
+    return not use_gpu and not deepspeed and sys.platform.startswith("linux")
+
+
 def wanted(*, use_gpu: bool, deepspeed) -> bool:
-    """Whether the server serves a run's (or a sweep's) workers: CPU workers without DeepSpeed, on a Ray that this
-    process will start."""
-    return not os.environ.get("RAY_ADDRESS") and not use_gpu and not deepspeed and sys.platform.startswith("linux")
+    """Whether to start the server for a run's (or a sweep's) workers: forkable ones, on a Ray that this process will
+    start."""
+    return not os.environ.get("RAY_ADDRESS") and forkable(use_gpu=use_gpu, deepspeed=deepspeed)
 
 
 def start() -> str:
@@ -154,9 +159,7 @@ def _run_child(request: dict, fds: list[int]) -> int:
     except BaseException:  # noqa: BLE001  what a worker process would print before it dies
         traceback.print_exc()
         code = 1
-    import atexit as child_atexit
-
-    child_atexit._run_exitfuncs()
+    atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()

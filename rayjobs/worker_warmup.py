@@ -58,9 +58,6 @@ def start() -> None:
     import torch  # noqa: F401  (see the module's docstring)
 
     mark("warmup_torch")
-
-    # a run without DeepSpeed (worker_env): the same absent marker as trainer.unused_imports.skip_unused_deepspeed
-    sys.modules.setdefault("deepspeed", None)  # type: ignore[arg-type]
     _thread = threading.Thread(target=_import_all, name="prefsweep-warm-imports", daemon=True)
     _thread.start()
 
@@ -77,6 +74,7 @@ def import_stack(modules=MODULES) -> bool:
     imports it again and reports the error. Also the fork server's preload (`rayjobs.warm_fork`)."""
     import torch  # noqa: F401  (see the module's docstring)
 
+    # a run without DeepSpeed (worker_env): the same absent marker as trainer.unused_imports.skip_unused_deepspeed
     sys.modules.setdefault("deepspeed", None)  # type: ignore[arg-type]
     for name in modules:
         try:

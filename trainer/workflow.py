@@ -154,8 +154,9 @@ def run_training(cfg: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) ->
         trainer.add_callback(GenerateAtEvalCallback(trainer, generations))
     if args.do_train:
         checkpoint = resolve_resume(cfg)
-        if trained_to_the_end(checkpoint, args) and not trainer.is_deepspeed_enabled:
-            train_metrics = nothing_left_to_train(trainer, checkpoint)
+        finished = None if trainer.is_deepspeed_enabled else finished_state(checkpoint, args)
+        if finished is not None:
+            train_metrics = nothing_left_to_train(trainer, checkpoint, finished)
         else:
             train_metrics = trainer.train(resume_from_checkpoint=checkpoint).metrics
         trainer.save_model()
@@ -189,23 +190,23 @@ def run_training(cfg: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) ->
     return result
 
 
-def trained_to_the_end(checkpoint: str | None, args) -> bool:
-    """Whether `checkpoint` already holds every step of a `max_steps` run (a run stopped between its last checkpoint
-    and its end, or a sweep interrupted there)."""
+def finished_state(checkpoint: str | None, args):
+    """The `TrainerState` of `checkpoint` when it already holds every step of a `max_steps` run (a run stopped
+    between its last checkpoint and its end, or a sweep interrupted there); else None."""
     if not checkpoint or args.max_steps <= 0:
-        return False
-    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
-    return state.get("global_step", 0) >= args.max_steps
+        return None
+    from transformers.trainer_callback import TrainerState
+
+    state = TrainerState.load_from_json(str(Path(checkpoint) / TRAINER_STATE_NAME))
+    return state if state.global_step >= args.max_steps else None
 
 
-def nothing_left_to_train(trainer: PreferenceTrainer, checkpoint: str) -> dict[str, float]:
+def nothing_left_to_train(trainer: PreferenceTrainer, checkpoint: str, state) -> dict[str, float]:
     """Resume from a checkpoint at `max_steps` without training: Hugging Face's loop checks the limit only after a
     step, so `train(resume_from_checkpoint=...)` would train one step past it. The weights and state are the
     checkpoint's (loaded as `train` loads them), and the callbacks see a run begin and end (MLflow opens its run)."""
-    from transformers.trainer_callback import TrainerState
-
     trainer._load_from_checkpoint(checkpoint)
-    trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
+    trainer.state = state
     trainer.state.is_local_process_zero = trainer.is_local_process_zero()
     trainer.state.is_world_process_zero = trainer.is_world_process_zero()
     logger.info("%s holds all %d steps: nothing left to train", checkpoint, trainer.state.global_step)
